@@ -1,0 +1,122 @@
+"""Names shared by the trainer, TensorBoard, the tuner's store and the analysis.
+
+Every metric string in the project is built here, so that the same key means the
+same thing everywhere. Keys are split-prefixed paths:
+
+* ``valid/r0.3/MAE``: a metric on a split at one random-missing rate;
+* ``valid/robust/MAE``: the mean of that metric over the configured rates;
+* ``test/pattern/la/MAE``: a metric under a whole-modality pattern (``la`` = text
+  and audio present);
+* ``train/loss/task``: a training loss term, averaged over the epoch.
+
+Modalities are always ordered text, audio, vision (``l``, ``a``, ``v``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+MODALITIES: Final[tuple[str, str, str]] = ("text", "audio", "vision")
+"""The one modality order used in configs, tensors, masks and tables."""
+
+MODALITY_CODES: Final[dict[str, str]] = {"text": "l", "audio": "a", "vision": "v"}
+"""One-letter codes of the field (``l`` for language)."""
+
+EVAL_RATES: Final[tuple[float, ...]] = tuple(round(0.1 * i, 1) for i in range(10))
+"""The field's test missing rates: 0.0, 0.1, ..., 0.9."""
+
+MISSING_PATTERNS: Final[tuple[tuple[str, ...], ...]] = (
+    ("text",),
+    ("audio",),
+    ("vision",),
+    ("text", "audio"),
+    ("text", "vision"),
+    ("audio", "vision"),
+)
+"""The six whole-modality availability patterns (present modalities), CorrKD order."""
+
+COMPLETE_PATTERN: Final[tuple[str, ...]] = MODALITIES
+
+# --- metric names (MMSA keys) ---------------------------------------------------
+MOSI_METRICS: Final[tuple[str, ...]] = (
+    "Has0_acc_2",
+    "Has0_F1_score",
+    "Non0_acc_2",
+    "Non0_F1_score",
+    "Mult_acc_5",
+    "Mult_acc_7",
+    "MAE",
+    "Corr",
+)
+SIMS_METRICS: Final[tuple[str, ...]] = (
+    "Mult_acc_2",
+    "Mult_acc_3",
+    "Mult_acc_5",
+    "F1_score",
+    "MAE",
+    "Corr",
+)
+DATASET_METRICS: Final[dict[str, tuple[str, ...]]] = {
+    "mosi": MOSI_METRICS,
+    "mosei": MOSI_METRICS,
+    "synthetic": MOSI_METRICS,
+    "sims": SIMS_METRICS,
+}
+
+LOWER_IS_BETTER: Final[frozenset[str]] = frozenset({"MAE"})
+"""Metrics to minimise; every other MMSA metric is maximised."""
+
+
+def direction(metric: str) -> str:
+    """Return ``"min"`` or ``"max"`` for an MMSA metric name or a full metric key."""
+    name = metric.rsplit("/", 1)[-1]
+    return "min" if name in LOWER_IS_BETTER or name.startswith("loss") else "max"
+
+
+# --- key builders ---------------------------------------------------------------
+TRAIN: Final = "train"
+VALID: Final = "valid"
+TEST: Final = "test"
+SPLITS: Final[tuple[str, str, str]] = (TRAIN, VALID, TEST)
+
+OBJECTIVE: Final = "objective"
+"""The fixed name under which every epoch's report carries the selection objective."""
+
+EPOCH: Final = "epoch"
+TRAIN_RATE: Final = "train/missing_rate"
+LEARNING_RATE: Final = "train/lr"
+
+
+def rate_key(split: str, rate: float, metric: str) -> str:
+    """``valid/r0.3/MAE``."""
+    return f"{split}/r{rate:.1f}/{metric}"
+
+
+def robust_key(split: str, metric: str) -> str:
+    """``valid/robust/MAE``: the mean over the evaluated missing rates."""
+    return f"{split}/robust/{metric}"
+
+
+def pattern_name(present: tuple[str, ...]) -> str:
+    """``("text", "audio")`` -> ``"la"``."""
+    return "".join(MODALITY_CODES[m] for m in MODALITIES if m in present)
+
+
+def pattern_key(split: str, present: tuple[str, ...], metric: str) -> str:
+    """``test/pattern/la/MAE``."""
+    return f"{split}/pattern/{pattern_name(present)}/{metric}"
+
+
+def loss_key(term: str) -> str:
+    """``train/loss/task``."""
+    return f"{TRAIN}/loss/{term}"
+
+
+# --- file names -------------------------------------------------------------------
+CONFIG_FILE: Final = "config.yaml"
+BEST_CHECKPOINT: Final = "best.pt"
+LAST_CHECKPOINT: Final = "last.pt"
+HISTORY_FILE: Final = "history.jsonl"
+TENSORBOARD_DIR: Final = "tensorboard"
+RANDOM_TABLE: Final = "robustness_random"
+PATTERN_TABLE: Final = "robustness_patterns"

@@ -1,0 +1,17 @@
+"""MMSA-format data loading and the built-in synthetic dataset."""
+
+from fsrf.data._mmsa import load_mmsa, save_mmsa
+from fsrf.data._pickle import load_pickle_restricted
+from fsrf.data._synthetic import make_synthetic, write_synthetic
+from fsrf.data._types import Batch, MultimodalDataset, Split
+
+__all__ = [
+    "Batch",
+    "MultimodalDataset",
+    "Split",
+    "load_mmsa",
+    "load_pickle_restricted",
+    "make_synthetic",
+    "save_mmsa",
+    "write_synthetic",
+]
