@@ -1,0 +1,61 @@
+"""FSRF: Factorization-guided Semantic Recovery for incomplete multimodal sentiment analysis.
+
+The public surface of the model library. Nothing here imports Ray or Optuna,
+and importing does no work: data load, device choice and seeding happen when
+:func:`train` runs.
+
+Example:
+    >>> from fsrf import Config, train
+    >>> result = train(Config(), out_dir="runs/demo")      # doctest: +SKIP
+"""
+
+from fsrf._config import (
+    Config,
+    CurriculumConfig,
+    DataConfig,
+    LossConfig,
+    MissingConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    flatten_config,
+    with_overrides,
+)
+from fsrf._constants import EVAL_RATES, MISSING_PATTERNS, MODALITIES, OBJECTIVE
+from fsrf._errors import FSRFError, NonFiniteLossError
+from fsrf._yaml import dump_config, load_config, save_config
+from fsrf._checkpoint import load_checkpoint
+from fsrf.model import FSRF, FSRFOutput
+from fsrf.train import Report, TrainResult, train
+
+__all__ = [
+    "Config",
+    "CurriculumConfig",
+    "DataConfig",
+    "EVAL_RATES",
+    "FSRF",
+    "FSRFError",
+    "FSRFOutput",
+    "LossConfig",
+    "MISSING_PATTERNS",
+    "MODALITIES",
+    "MissingConfig",
+    "ModelConfig",
+    "NonFiniteLossError",
+    "OBJECTIVE",
+    "OptimConfig",
+    "Report",
+    "TrainConfig",
+    "TrainResult",
+    "config_from_dict",
+    "config_to_dict",
+    "dump_config",
+    "flatten_config",
+    "load_checkpoint",
+    "load_config",
+    "save_config",
+    "train",
+    "with_overrides",
+]

@@ -1,0 +1,57 @@
+"""The dataset a config asks for, checked against the shapes the model is built for."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from fsrf._config import DataConfig
+from fsrf._constants import MODALITIES
+from fsrf._errors import FSRFError
+from fsrf.data import MultimodalDataset, load_mmsa, write_synthetic
+
+
+def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> MultimodalDataset:
+    """Load the MMSA file at ``path`` (or ``data.path``), or build the synthetic dataset.
+
+    The synthetic dataset is written in the MMSA layout to a temporary file and
+    read back through :func:`fsrf.data.load_mmsa`, so every run exercises the loader.
+
+    Raises:
+        FSRFError: no path for a real dataset, or the file's shapes disagree with ``data.*``.
+    """
+    source = path if path is not None else cfg.path
+    if source is None and cfg.dataset != "synthetic":
+        raise FSRFError(f"data.path: dataset {cfg.dataset!r} needs an MMSA pickle (--data FILE)")
+    if source is None:
+        with tempfile.TemporaryDirectory(prefix="fsrf-synthetic-") as tmp:
+            file = write_synthetic(
+                Path(tmp) / "synthetic.pkl",
+                seed=cfg.synthetic_seed,
+                n_train=cfg.synthetic_train,
+                n_valid=cfg.synthetic_valid,
+                n_test=cfg.synthetic_test,
+                **{f"{m}_{k}": getattr(cfg, f"{m}_{k}") for m in MODALITIES for k in ("len", "dim")},
+            )
+            dataset = load_mmsa(file, name="synthetic")
+    else:
+        dataset = load_mmsa(source, name=cfg.dataset)
+    check_shapes(cfg, dataset)
+    return dataset
+
+
+def check_shapes(cfg: DataConfig, dataset: MultimodalDataset) -> None:
+    """The file's feature dims must equal ``data.<m>_dim`` and its lengths fit ``data.<m>_len``."""
+    dims, lens = dataset.train.dims(), dataset.train.lengths()
+    where = dataset.source or "dataset"
+    for m in MODALITIES:
+        if dims[m] != getattr(cfg, f"{m}_dim"):
+            raise FSRFError(
+                f"data.{m}_dim: config says {getattr(cfg, f'{m}_dim')} but {where} has "
+                f"{dims[m]} {m} features (set data.{m}_dim={dims[m]})"
+            )
+        if lens[m] > getattr(cfg, f"{m}_len"):
+            raise FSRFError(
+                f"data.{m}_len: config says {getattr(cfg, f'{m}_len')} but {where} has "
+                f"{lens[m]} {m} steps (set data.{m}_len={lens[m]})"
+            )

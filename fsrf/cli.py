@@ -1,0 +1,122 @@
+"""The ``fsrf`` command line.
+
+    fsrf train --config configs/synthetic.yaml --out runs/demo
+    fsrf train --config configs/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl --out runs/mosi
+    fsrf train --config configs/mosi.yaml --out runs/mosi --resume      # continue from runs/mosi/last.pt
+    fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
+
+Bad input prints one line ``fsrf: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fsrf._constants import LAST_CHECKPOINT, PATTERN_TABLE, RANDOM_TABLE
+from fsrf._errors import FSRFError
+
+
+def _train(args: argparse.Namespace) -> int:
+    from fsrf._config import with_overrides
+    from fsrf._yaml import load_config
+    from fsrf.train import train
+
+    config = load_config(args.config, args.set)
+    if args.data is not None:
+        config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
+    out = Path(args.out)
+    resume = None
+    if args.resume:
+        resume = out / LAST_CHECKPOINT
+        if not resume.is_file():
+            raise FSRFError(f"--resume: {resume} does not exist (nothing to resume in {out})")
+    elif (out / LAST_CHECKPOINT).exists():
+        raise FSRFError(
+            f"--out: {out} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it "
+            "or choose another directory"
+        )
+    result = train(config, out_dir=out, resume_from=resume, progress=not args.quiet)
+    print(
+        f"best epoch {result.best_epoch}: objective ({config.train.select_metric}, mean over "
+        f"{len(config.missing.valid_rates)} validation rates) = {result.best_objective:.4f}"
+    )
+    print(f"wrote {out}/best.pt; next: fsrf evaluate --checkpoint {out}/best.pt")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from fsrf._checkpoint import checkpoint_config, load_checkpoint
+    from fsrf._config import with_overrides
+    from fsrf._device import resolve_device
+    from fsrf._run_data import load_dataset
+    from fsrf.evaluate import modality_pattern_table, random_missing_table
+    from fsrf.model import FSRF
+
+    state = load_checkpoint(args.checkpoint)
+    config = checkpoint_config(state, source=str(args.checkpoint))
+    if args.data is not None:
+        config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
+    device = resolve_device(args.device)
+    dataset = load_dataset(config.data)
+    model = FSRF(config)
+    model.load_state_dict(state["model"])
+    model.to(device)
+    split = dataset.split(args.split)
+    common = {"dataset": dataset.name, "batch_size": args.batch_size, "device": device,
+              "precision": config.train.precision}
+    random_table = random_missing_table(model, split, split_name=args.split, seed=args.seed, **common)
+    pattern_table = modality_pattern_table(model, split, **common)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
+    written = [*random_table.write(out, RANDOM_TABLE), *pattern_table.write(out, PATTERN_TABLE)]
+    print(f"{dataset.name} {args.split} split, checkpoint epoch {state['epoch']}, random missing (seed {args.seed}):")
+    print(random_table.to_text())
+    print(f"\n{dataset.name} {args.split} split, whole-modality missing:")
+    print(pattern_table.to_text())
+    print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model; model selection on validation only")
+    p.add_argument("--config", type=Path, default=None, help="config YAML (default: built-in synthetic defaults)")
+    p.add_argument("--data", type=Path, default=None, help="MMSA pickle; overrides data.path")
+    p.add_argument("--out", type=Path, required=True, help="run directory for checkpoints, history, TensorBoard")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value by dotted path, e.g. --set loss.homo=0.5 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="robustness tables of a checkpoint on the test split")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt")
+    p.add_argument("--data", type=Path, default=None, help="MMSA pickle (default: the path stored in the checkpoint)")
+    p.add_argument("--split", choices=("test", "valid"), default="test", help="split to evaluate (default: test)")
+    p.add_argument("--seed", type=int, default=1111, help="seed of the fixed test masks (default: 1111)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--out", type=Path, default=None, help="where to write JSON/CSV (default: beside the checkpoint)")
+    p.set_defaults(func=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``fsrf`` console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except FSRFError as err:
+        print(f"fsrf: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fsrf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

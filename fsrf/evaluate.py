@@ -1,0 +1,162 @@
+"""Evaluation across missing rates and whole-modality patterns: the field's robustness tables.
+
+Random missingness (LNLN protocol): every modality loses frames/tokens at one
+fixed rate r in 0.0 ... 0.9; the masks are a pure function of (seed, rate,
+split). Whole-modality missingness (CorrKD/HRLF protocol): the six availability
+patterns {l}, {a}, {v}, {l,a}, {l,v}, {a,v} plus the complete input.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fsrf._constants import COMPLETE_PATTERN, EVAL_RATES, MISSING_PATTERNS, pattern_name
+from fsrf._device import autocast
+from fsrf._yaml import atomic_write_text
+from fsrf.data import Split
+from fsrf.metrics import regression_metrics
+from fsrf.missing import apply_keep, eval_keep, pattern_keep
+from fsrf.model import FSRF
+
+AVERAGE = "Average"
+
+
+@torch.no_grad()
+def predict(
+    model: FSRF,
+    split: Split,
+    *,
+    keep: Mapping[str, torch.Tensor] | None,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> torch.Tensor:
+    """Predictions (N,) float32 on the CPU for a whole split under fixed keep masks.
+
+    Args:
+        keep: modality -> (N, T_m) bool keep masks for the whole split, or None (complete).
+    """
+    was_training = model.training
+    model.eval()
+    preds = []
+    for index, batch in split.batches(batch_size):
+        features = batch.features
+        if keep is not None:
+            features = apply_keep(features, {m: k.index_select(0, index) for m, k in keep.items()})
+        x = {m: f.to(device, non_blocking=True) for m, f in features.items()}
+        valid = {m: v.to(device, non_blocking=True) for m, v in batch.valid.items()}
+        with autocast(device, precision):
+            preds.append(model(x, valid).pred.float().cpu())
+    model.train(was_training)
+    return torch.cat(preds)
+
+
+@dataclass(frozen=True)
+class RobustnessTable:
+    """Rows of metrics, one per condition, plus an ``Average`` row.
+
+    Attributes:
+        title: what the rows vary (``missing rate`` or ``available modalities``).
+        rows: condition label -> metric name -> value; the last row is the average.
+    """
+
+    title: str
+    rows: dict[str, dict[str, float]]
+
+    def metric_names(self) -> list[str]:
+        return list(next(iter(self.rows.values())))
+
+    def to_text(self, *, digits: int = 4) -> str:
+        """An aligned plain-text table for the terminal."""
+        names = self.metric_names()
+        header = [self.title, *names]
+        body = [[label, *(_fmt(row[n], digits) for n in names)] for label, row in self.rows.items()]
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *body]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow([self.title, *self.metric_names()])
+        for label, row in self.rows.items():
+            writer.writerow([label, *(repr(float(v)) for v in row.values())])
+        return buf.getvalue()
+
+    def to_json(self) -> str:
+        rows = {k: {m: (None if math.isnan(v) else v) for m, v in r.items()} for k, r in self.rows.items()}
+        return json.dumps({"title": self.title, "rows": rows}, indent=2)
+
+    def write(self, directory: str | Path, stem: str) -> list[Path]:
+        """Write ``<stem>.json`` and ``<stem>.csv`` atomically into ``directory``."""
+        directory = Path(directory)
+        paths = [directory / f"{stem}.json", directory / f"{stem}.csv"]
+        atomic_write_text(paths[0], self.to_json())
+        atomic_write_text(paths[1], self.to_csv())
+        return paths
+
+
+def _fmt(value: float, digits: int) -> str:
+    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def mean_row(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Metric-wise mean of rows (NaN when any row is NaN)."""
+    names = list(rows[0])
+    return {n: float(sum(r[n] for r in rows) / len(rows)) for n in names}
+
+
+def random_missing_table(
+    model: FSRF,
+    split: Split,
+    *,
+    dataset: str,
+    split_name: str,
+    seed: int,
+    rates: Sequence[float] = EVAL_RATES,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> RobustnessTable:
+    """One row per missing rate (same rate for every sample and modality), plus their average."""
+    device = device or torch.device("cpu")
+    rows: dict[str, dict[str, float]] = {}
+    for rate in rates:
+        keep = eval_keep(split.valid, rate=rate, seed=seed, split=split_name)
+        pred = predict(model, split, keep=keep, batch_size=batch_size, device=device, precision=precision)
+        rows[f"{rate:.1f}"] = regression_metrics(pred, split.labels, dataset)
+    rows[AVERAGE] = mean_row(list(rows.values()))
+    return RobustnessTable("missing rate", rows)
+
+
+def modality_pattern_table(
+    model: FSRF,
+    split: Split,
+    *,
+    dataset: str,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+    precision: str = "fp32",
+) -> RobustnessTable:
+    """One row per availability pattern ({l}, ..., {a,v}), the complete input, and the
+    average over the six missing patterns (the field's ``Avg`` column)."""
+    device = device or torch.device("cpu")
+    rows: dict[str, dict[str, float]] = {}
+    for present in (*MISSING_PATTERNS, COMPLETE_PATTERN):
+        keep = pattern_keep(split.valid, present)
+        pred = predict(model, split, keep=keep, batch_size=batch_size, device=device, precision=precision)
+        rows["{" + ",".join(pattern_name(present)) + "}"] = regression_metrics(pred, split.labels, dataset)
+    complete = rows.pop("{" + ",".join(pattern_name(COMPLETE_PATTERN)) + "}")
+    average = mean_row(list(rows.values()))
+    rows["complete"] = complete
+    rows[AVERAGE] = average
+    return RobustnessTable("available modalities", rows)

@@ -1,0 +1,58 @@
+"""Uncertain missingness: each sample is either whole-modality or token-level incomplete.
+
+Shape legend: B batch, T_m steps of modality m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from fsrf._constants import MODALITIES
+from fsrf.missing._base import BaseMissingness
+from fsrf.missing._checks import check_generator, check_rates, check_unit, check_valid, to_device
+from fsrf.missing._modality_drop import whole_drop, whole_keep
+from fsrf.missing._random_drop import token_keep
+
+
+class MixedDrop(BaseMissingness):
+    """Per sample, either :class:`ModalityDrop` or :class:`RandomDrop`, at that sample's rates.
+
+    Each sample independently gets whole-modality missingness with probability
+    ``modality_share`` and token/frame-level missingness otherwise. The draws
+    are, in order: the (B,) per-sample choice, the token-level noise of every
+    sample, then the whole-modality draws of every sample, so the generator
+    always advances by the same amount.
+
+    Args:
+        modality_share: probability, in [0, 1], that a sample gets whole-modality
+            missingness.
+
+    Raises:
+        FSRFError: ``modality_share`` is not a number in [0, 1].
+    """
+
+    name = "mixed"
+
+    def __init__(self, *, modality_share: float = 0.5) -> None:
+        self.modality_share = check_unit(modality_share, "modality_share")
+
+    def sample(
+        self,
+        valid: Mapping[str, torch.Tensor],
+        rates: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """See :meth:`BaseMissingness.sample`."""
+        cpu_valid, device = check_valid(valid)
+        batch = int(cpu_valid[MODALITIES[0]].shape[0])
+        cpu_rates = check_rates(rates, batch)
+        gen = check_generator(generator)
+        whole = (torch.rand(batch, generator=gen) < self.modality_share).unsqueeze(1)  # (B, 1)
+        token = token_keep(cpu_valid, cpu_rates, gen)
+        modality = whole_keep(cpu_valid, whole_drop(cpu_rates, gen))
+        return to_device({m: torch.where(whole, modality[m], token[m]) for m in MODALITIES}, device)
+
+    def __repr__(self) -> str:
+        return f"MixedDrop(modality_share={self.modality_share!r})"

@@ -1,0 +1,111 @@
+"""Building blocks: per-modality sequence encoders, MLPs, gradient reversal.
+
+Shape legend: B batch, T time steps of one modality (T' after downsampling),
+D input feature dim, H hidden dim.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(hidden: int, *, out: int | None = None, dropout: float = 0.0) -> nn.Sequential:
+    """Linear(H, H) -> GELU -> Dropout -> Linear(H, out or H)."""
+    return nn.Sequential(
+        nn.Linear(hidden, hidden),
+        nn.GELU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, out or hidden),
+    )
+
+
+def transformer(hidden: int, heads: int, layers: int, ff_mult: int, dropout: float) -> nn.TransformerEncoder:
+    """A pre-norm Transformer encoder over (B, T, H) sequences."""
+    layer = nn.TransformerEncoderLayer(
+        d_model=hidden,
+        nhead=heads,
+        dim_feedforward=hidden * ff_mult,
+        dropout=dropout,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, T, H) over the True positions of (B, T); rows without any give 0."""
+    weights = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)
+    total = (x * weights).sum(dim=1)  # (B, H)
+    count = weights.sum(dim=1).clamp_min(1.0)  # (B, 1)
+    return total / count
+
+
+class ModalityEncoder(nn.Module):
+    """Projection, optional temporal downsampling, positional encoding, Transformer, pooling.
+
+    Maps (B, T, D) features with a (B, T) validity mask to a pooled (B, H) vector.
+    Dropped (zero-filled) frames stay attendable, as in the field's protocols;
+    padding is masked out of attention and pooling. A row with no valid position
+    attends to its first position only, so outputs and gradients stay finite.
+    """
+
+    def __init__(
+        self,
+        *,
+        in_dim: int,
+        max_len: int,
+        hidden: int,
+        heads: int,
+        layers: int,
+        ff_mult: int,
+        dropout: float,
+        downsample: int = 1,
+    ) -> None:
+        super().__init__()
+        self.downsample = downsample
+        self.proj = nn.Linear(in_dim, hidden)
+        steps = -(-max_len // downsample)
+        self.pos = nn.Parameter(torch.randn(1, steps, hidden) * 0.02)
+        self.encoder = transformer(hidden, heads, layers, ff_mult, dropout)
+        self.norm = nn.LayerNorm(hidden)
+
+    def _pool_time(self, h: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Average non-overlapping windows of ``downsample`` valid steps: T -> T'."""
+        s = self.downsample
+        b, t, d = h.shape
+        pad = (-t) % s
+        if pad:
+            h = nn.functional.pad(h, (0, 0, 0, pad))
+            valid = nn.functional.pad(valid, (0, pad), value=False)
+        w = valid.to(h.dtype).view(b, -1, s, 1)  # (B, T', s, 1)
+        total = (h.view(b, -1, s, d) * w).sum(dim=2)  # (B, T', H)
+        count = w.sum(dim=2)  # (B, T', 1)
+        return total / count.clamp_min(1.0), count.squeeze(-1) > 0
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        h = self.proj(x)  # (B, T, H)
+        if self.downsample > 1:
+            h, valid = self._pool_time(h, valid)  # (B, T', H), (B, T')
+        h = h + self.pos[:, : h.shape[1]]
+        empty = ~valid.any(dim=1)  # (B,)
+        attend = valid.clone()
+        attend[:, 0] |= empty
+        h = self.encoder(h, src_key_padding_mask=~attend)  # (B, T', H)
+        return self.norm(masked_mean(h, attend))  # (B, H)
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+def grad_reverse(x: torch.Tensor) -> torch.Tensor:
+    """Identity forward, negated gradient backward (adversarial training)."""
+    return _GradReverse.apply(x)

@@ -1,0 +1,260 @@
+"""The one training loop of FSRF: ``train(config, *, report=None, resume_from=None)``.
+
+Each epoch trains under the curriculum's missing rate with two incomplete views
+per batch (independent masks, one network), validates at the configured
+missing rates with fixed masks, and reports every metric and loss term once.
+Model selection and early stopping read the validation objective only (the
+mean of ``train.select_metric`` over the validation rates); the test split is
+never touched here. Every random draw comes from one generator seeded with
+``train.seed``, and its state is checkpointed, so a resumed run ends exactly
+where an uninterrupted one does (on the CPU).
+
+The loop knows nothing of any tuner: a tuner passes ``report``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from fsrf._checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from fsrf._config import Config, config_to_dict, flatten_config
+from fsrf._constants import (
+    BEST_CHECKPOINT,
+    CONFIG_FILE,
+    EPOCH,
+    HISTORY_FILE,
+    LAST_CHECKPOINT,
+    LEARNING_RATE,
+    OBJECTIVE,
+    TRAIN_RATE,
+    VALID,
+    direction,
+    loss_key,
+    robust_key,
+)
+from fsrf._device import resolve_device
+from fsrf._errors import FSRFError, NonFiniteLossError
+from fsrf._rng import draw_seed, isolated_rng, make_generator
+from fsrf._run_data import check_shapes, load_dataset
+from fsrf._steps import EpochContext, train_epoch, validate
+from fsrf._yaml import atomic_write_text, save_config
+from fsrf.curriculum import build_curriculum
+from fsrf.data import MultimodalDataset
+from fsrf.model import FSRF
+
+Report = Callable[[dict[str, float], "Path | None"], None]
+"""``report(metrics, checkpoint)``: called once per epoch; ``checkpoint`` is the
+path of the resumable checkpoint written at that epoch, or None."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run gives back.
+
+    Attributes:
+        best_epoch: the 1-based epoch with the best validation objective.
+        best_objective: that objective's value.
+        best_metrics: the report of the best epoch.
+        history: every epoch's report.
+        stopped_early: whether early stopping ended the run.
+        out_dir: where checkpoints, config, history and TensorBoard events went.
+    """
+
+    best_epoch: int
+    best_objective: float
+    best_metrics: dict[str, float]
+    history: list[dict[str, float]] = field(repr=False)
+    stopped_early: bool = False
+    out_dir: Path | None = None
+
+
+def _lr_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
+    warmup = int(round(warmup_fraction * total_steps))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def _curriculum_params(config: Config) -> dict[str, Any]:
+    from fsrf.curriculum import CURRICULA
+
+    cls = CURRICULA[config.curriculum.kind]
+    return {p: getattr(config.curriculum, p) for p in cls.params}
+
+
+def _check_resume_config(config: Config, stored: Config, source: str) -> None:
+    """A resumed run must use the stored config; only ``train.epochs`` may grow."""
+    new, old = flatten_config(config), flatten_config(stored)
+    for key, value in new.items():
+        if key != "train.epochs" and old[key] != value:
+            raise FSRFError(
+                f"{source}: config differs from the checkpoint's at {key!r} "
+                f"({value!r} != stored {old[key]!r}); resume with the same config"
+            )
+
+
+def train(
+    config: Config,
+    *,
+    report: Report | None = None,
+    resume_from: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    dataset: MultimodalDataset | None = None,
+    progress: bool = False,
+) -> TrainResult:
+    """Train FSRF under ``config``.
+
+    Args:
+        config: the run's configuration.
+        report: called once per epoch with every metric and loss term (see :data:`Report`).
+        resume_from: a ``last.pt`` checkpoint to continue from.
+        out_dir: where to write ``config.yaml``, ``best.pt``, ``last.pt``,
+            ``history.jsonl`` and TensorBoard events; None writes nothing.
+        dataset: an already loaded dataset (a tuner shares one across trials);
+            by default it is loaded as ``config.data`` says.
+        progress: show a progress bar on the terminal.
+
+    Raises:
+        FSRFError: bad data, a mismatching checkpoint, or a non-finite loss
+            (:class:`NonFiniteLossError`, naming the epoch and the term).
+    """
+    tc = config.train
+    device = resolve_device(tc.device)
+    if tc.num_threads:
+        torch.set_num_threads(tc.num_threads)
+    if dataset is None:
+        dataset = load_dataset(config.data)
+    else:
+        check_shapes(config.data, dataset)
+    out = Path(out_dir) if out_dir is not None else None
+
+    generator = make_generator(tc.seed)
+    with isolated_rng(draw_seed(generator), device):
+        model = FSRF(config).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    n_train = len(dataset.train)
+    steps = max(1, n_train // config.optim.batch_size) if n_train >= config.optim.batch_size else 1
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_schedule(steps * tc.epochs, config.optim.warmup_fraction)
+    )
+    curriculum = build_curriculum(config.curriculum.kind, **_curriculum_params(config))
+    ctx = EpochContext.create(config, dataset, model, device, generator)
+
+    start, best, bad, history = 0, None, 0, []
+    if resume_from is not None:
+        state = load_checkpoint(resume_from)
+        _check_resume_config(config, checkpoint_config(state, source=str(resume_from)), str(resume_from))
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        curriculum.load_state_dict(state["curriculum"])
+        generator.set_state(state["generator"])
+        start, best, bad, history = state["epoch"], state["best"], state["bad_epochs"], list(state["history"])
+
+    writer = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(config, out / CONFIG_FILE)
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+
+    select = robust_key(VALID, tc.select_metric)
+    sign = 1.0 if direction(tc.select_metric) == "min" else -1.0
+    stopped = False
+    bar = tqdm(range(start, tc.epochs), desc="fsrf", unit="epoch", disable=not progress, file=sys.stderr,
+               initial=start, total=tc.epochs)
+    try:
+        for epoch in bar:
+            rate = float(curriculum.rate(epoch))
+            losses = train_epoch(ctx, optimizer, scheduler, epoch=epoch + 1, max_rate=rate)
+            metrics = validate(ctx)
+            if select not in metrics:
+                raise FSRFError(
+                    f"train.select_metric: {tc.select_metric!r} is not a metric of dataset "
+                    f"{dataset.name!r}"
+                )
+            objective = metrics[select]
+            score = sign * objective
+            curriculum.observe(score)
+            record = {
+                EPOCH: float(epoch + 1),
+                TRAIN_RATE: rate,
+                LEARNING_RATE: float(optimizer.param_groups[0]["lr"]),
+                **{loss_key(k): v for k, v in losses.items()},
+                **metrics,
+                OBJECTIVE: objective,
+            }
+            history.append(record)
+            if not math.isnan(score) and (best is None or score < best["score"] - 1e-12):
+                best, bad = {"epoch": epoch + 1, "score": score, "objective": objective, "metrics": record}, 0
+                if out is not None:
+                    save_checkpoint(
+                        {"config": config_to_dict(config), "epoch": epoch + 1, "model": model.state_dict(),
+                         "metrics": record},
+                        out / BEST_CHECKPOINT,
+                    )
+            else:
+                bad += 1
+            stopped = bool(tc.patience) and bad >= tc.patience
+            last = stopped or epoch + 1 == tc.epochs
+            checkpoint = None
+            if out is not None and ((epoch + 1) % tc.checkpoint_every == 0 or last):
+                checkpoint = save_checkpoint(
+                    {
+                        "config": config_to_dict(config),
+                        "epoch": epoch + 1,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "curriculum": curriculum.state_dict(),
+                        "generator": generator.get_state(),
+                        "best": best,
+                        "bad_epochs": bad,
+                        "history": history,
+                    },
+                    out / LAST_CHECKPOINT,
+                )
+            if out is not None:
+                atomic_write_text(out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in history))
+            if writer is not None:
+                for key, value in record.items():
+                    if key != EPOCH:
+                        writer.add_scalar(key, value, epoch + 1)
+                writer.flush()
+            bar.set_postfix({"rate": f"{rate:.2f}", "loss": f"{losses['total']:.3f}", select: f"{objective:.4f}"})
+            if report is not None:
+                report(dict(record), checkpoint)
+            if stopped:
+                break
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if best is None:
+        raise FSRFError(f"train.select_metric: {select} was NaN at every epoch; choose another metric")
+    return TrainResult(
+        best_epoch=int(best["epoch"]),
+        best_objective=float(best["objective"]),
+        best_metrics=dict(best["metrics"]),
+        history=history,
+        stopped_early=stopped,
+        out_dir=out,
+    )
+
+
+__all__ = ["NonFiniteLossError", "Report", "TrainResult", "train"]
