@@ -107,9 +107,12 @@ def pattern_key(split: str, present: tuple[str, ...], metric: str) -> str:
     return f"{split}/pattern/{pattern_name(present)}/{metric}"
 
 
+LOSS_TERMS_PREFIX: Final = f"{TRAIN}/loss/"
+
+
 def loss_key(term: str) -> str:
     """``train/loss/task``."""
-    return f"{TRAIN}/loss/{term}"
+    return f"{LOSS_TERMS_PREFIX}{term}"
 
 
 # --- file names -------------------------------------------------------------------
