@@ -18,6 +18,7 @@ from typing import Any
 
 from fsrf._constants import EVAL_RATES, MODALITIES
 from fsrf._errors import FSRFError
+from fsrf.curriculum import CURRICULA, BaseCurriculum, build_curriculum
 
 DATASETS = ("synthetic", "mosi", "mosei", "sims")
 CURRICULUM_KINDS = ("constant", "linear", "step", "cosine", "exponential", "adaptive")
@@ -144,6 +145,15 @@ class CurriculumConfig:
         _unit(self.start, "start")
         _unit(self.end, "end")
         _check(self.start <= self.end, "start", f"{self.start} exceeds curriculum.end={self.end}")
+        self.build()  # the chosen kind checks its own parameters
+
+    def build(self) -> BaseCurriculum:
+        """The curriculum object of ``kind``, from the parameters that kind reads."""
+        cls = CURRICULA[self.kind]
+        try:
+            return build_curriculum(self.kind, **{p: getattr(self, p) for p in cls.params})
+        except FSRFError as err:  # its messages already say "curriculum.<param>"
+            raise FSRFError(str(err).removeprefix("curriculum.")) from None
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -47,7 +46,6 @@ from fsrf._rng import draw_seed, isolated_rng, make_generator
 from fsrf._run_data import check_shapes, load_dataset
 from fsrf._steps import EpochContext, train_epoch, validate
 from fsrf._yaml import atomic_write_text, save_config
-from fsrf.curriculum import build_curriculum
 from fsrf.data import MultimodalDataset
 from fsrf.model import FSRF
 
@@ -87,13 +85,6 @@ def _lr_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], fl
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
-
-
-def _curriculum_params(config: Config) -> dict[str, Any]:
-    from fsrf.curriculum import CURRICULA
-
-    cls = CURRICULA[config.curriculum.kind]
-    return {p: getattr(config.curriculum, p) for p in cls.params}
 
 
 def _check_resume_config(config: Config, stored: Config, source: str) -> None:
@@ -151,7 +142,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_schedule(steps * tc.epochs, config.optim.warmup_fraction)
     )
-    curriculum = build_curriculum(config.curriculum.kind, **_curriculum_params(config))
+    curriculum = config.curriculum.build()
     ctx = EpochContext.create(config, dataset, model, device, generator)
 
     start, best, bad, history = 0, None, 0, []

@@ -64,6 +64,8 @@ def test_overrides_build_a_new_config() -> None:
         (["model.heads=3"], "model.heads"),
         (["curriculum.kind=zigzag"], "curriculum.kind"),
         (["curriculum.start=0.9"], "curriculum.start"),
+        (["curriculum.ramp_epochs=0"], "curriculum.ramp_epochs"),
+        (["curriculum.kind=step", "curriculum.step_size=0"], "curriculum.step_size"),
         (["missing.complete_share=1.5"], "missing.complete_share"),
         (["missing.valid_rates=[]"], "missing.valid_rates"),
         (["missing.valid_rates=[0.1, 2]"], "missing.valid_rates"),
