@@ -83,6 +83,8 @@ OBJECTIVE: Final = "objective"
 """The fixed name under which every epoch's report carries the selection objective."""
 
 EPOCH: Final = "epoch"
+FINAL_EPOCH: Final = "final_epoch"
+"""1.0 in the report of a run's last epoch (its epoch budget or early stopping), else 0.0."""
 TRAIN_RATE: Final = "train/missing_rate"
 LEARNING_RATE: Final = "train/lr"
 

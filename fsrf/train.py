@@ -30,6 +30,7 @@ from fsrf._constants import (
     BEST_CHECKPOINT,
     CONFIG_FILE,
     EPOCH,
+    FINAL_EPOCH,
     HISTORY_FILE,
     LAST_CHECKPOINT,
     LEARNING_RATE,
@@ -182,6 +183,10 @@ def train(
             objective = metrics[select]
             score = sign * objective
             curriculum.observe(score)
+            improved = not math.isnan(score) and (best is None or score < best["score"] - 1e-12)
+            bad = 0 if improved else bad + 1
+            stopped = bool(tc.patience) and bad >= tc.patience
+            last = stopped or epoch + 1 == tc.epochs
             record = {
                 EPOCH: float(epoch + 1),
                 TRAIN_RATE: rate,
@@ -189,20 +194,17 @@ def train(
                 **{loss_key(k): v for k, v in losses.items()},
                 **metrics,
                 OBJECTIVE: objective,
+                FINAL_EPOCH: 1.0 if last else 0.0,
             }
             history.append(record)
-            if not math.isnan(score) and (best is None or score < best["score"] - 1e-12):
-                best, bad = {"epoch": epoch + 1, "score": score, "objective": objective, "metrics": record}, 0
+            if improved:
+                best = {"epoch": epoch + 1, "score": score, "objective": objective, "metrics": record}
                 if out is not None:
                     save_checkpoint(
                         {"config": config_to_dict(config), "epoch": epoch + 1, "model": model.state_dict(),
                          "metrics": record},
                         out / BEST_CHECKPOINT,
                     )
-            else:
-                bad += 1
-            stopped = bool(tc.patience) and bad >= tc.patience
-            last = stopped or epoch + 1 == tc.epochs
             checkpoint = None
             if out is not None and ((epoch + 1) % tc.checkpoint_every == 0 or last):
                 checkpoint = save_checkpoint(
