@@ -82,6 +82,9 @@ SPLITS: Final[tuple[str, str, str]] = (TRAIN, VALID, TEST)
 OBJECTIVE: Final = "objective"
 """The fixed name under which every epoch's report carries the selection objective."""
 
+COMPLETE_OBJECTIVE: Final = "objective_complete"
+"""The selection metric on complete validation inputs (rate 0.0), beside the robust objective."""
+
 EPOCH: Final = "epoch"
 FINAL_EPOCH: Final = "final_epoch"
 """1.0 in the report of a run's last epoch (its epoch budget or early stopping), else 0.0."""

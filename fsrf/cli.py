@@ -4,6 +4,7 @@
     fsrf train --config configs/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl --out runs/mosi
     fsrf train --config configs/mosi.yaml --out runs/mosi --resume      # continue from runs/mosi/last.pt
     fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
+    fsrf tune --space tuning/spaces/mosi.yaml --data ... --name mosi-robust   # = python tune.py ...
 
 Bad input prints one line ``fsrf: error: ...`` and exits with status 2.
 """
@@ -82,6 +83,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("tune", help="Ray Tune x Optuna search (same arguments as tune.py; see fsrf tune --help)")
 
     p = sub.add_parser("train", help="train a model; model selection on validation only")
     p.add_argument("--config", type=Path, default=None, help="config YAML (default: built-in synthetic defaults)")
@@ -107,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fsrf`` console script; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["tune"]:  # the search's own parser (tuning/cli.py); Ray is imported only here
+        from tuning.cli import main as tune_main
+
+        return tune_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

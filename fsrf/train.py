@@ -35,6 +35,7 @@ from fsrf._constants import (
     LAST_CHECKPOINT,
     LEARNING_RATE,
     OBJECTIVE,
+    TENSORBOARD_DIR,
     TRAIN_RATE,
     VALID,
     direction,
@@ -107,6 +108,7 @@ def train(
     out_dir: str | Path | None = None,
     dataset: MultimodalDataset | None = None,
     progress: bool = False,
+    tensorboard: bool = True,
 ) -> TrainResult:
     """Train FSRF under ``config``.
 
@@ -119,6 +121,8 @@ def train(
         dataset: an already loaded dataset (a tuner shares one across trials);
             by default it is loaded as ``config.data`` says.
         progress: show a progress bar on the terminal.
+        tensorboard: write TensorBoard scalars under ``out_dir/tensorboard``
+            (a tuner whose own logger writes them turns this off).
 
     Raises:
         FSRFError: bad data, a mismatching checkpoint, or a non-finite loss
@@ -161,9 +165,10 @@ def train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / CONFIG_FILE)
-        from torch.utils.tensorboard import SummaryWriter
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+            writer = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=start + 1)
 
     select = robust_key(VALID, tc.select_metric)
     sign = 1.0 if direction(tc.select_metric) == "min" else -1.0

@@ -1,0 +1,1 @@
+"""Ray Tune x Optuna searches over FSRF's loss weights and missing-rate curricula."""

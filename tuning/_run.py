@@ -1,0 +1,224 @@
+"""One search: validate, start or join Ray, run or restore the Tuner, summarise.
+
+The data flow is that of ``ARCHITECTURE.md``: the space is validated before any
+Ray work; the dataset is loaded once by the driver and shared through the
+object store; each trial calls ``fsrf.train`` with a report callback; a store
+callback in the driver appends every result and event to Arrow files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fsrf import OBJECTIVE
+from fsrf._constants import COMPLETE_OBJECTIVE
+from fsrf._errors import FSRFError
+from fsrf._run_data import load_dataset
+from fsrf._yaml import atomic_write_text
+from tuning.space import SearchSpace, load_space
+
+STATE_FILE = "fsrf_search.json"
+STORE_DIR = "store"
+BEST_FILE = "best.yaml"
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """Everything a search run needs, as parsed from the command line."""
+
+    space: str
+    name: str
+    storage: str
+    data: str | None = None
+    num_samples: int = 16
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    scheduler: str = "asha"
+    grace_period: int | None = None
+    reduction_factor: int | None = None
+    max_epochs: int | None = None
+    checkpoint_every: int = 1
+    max_failures: int = 2
+    multi_objective: bool = False
+    resume: bool = False
+    seed: int = 0
+    num_cpus: int | None = None
+    address: str | None = None
+    overrides: tuple[str, ...] = ()
+
+
+def trial_name(trial: Any) -> str:
+    """Short trial names and directories (``trial_<id>``); the store keys rows by the same id."""
+    return f"trial_{trial.trial_id}"
+
+
+def experiment_path(options: SearchOptions) -> Path:
+    """``<storage>/<name>`` as an absolute local path."""
+    return Path(options.storage).expanduser().resolve() / options.name
+
+
+def _check_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
+    """A new search needs a fresh name; a resumed one the same space."""
+    state_file = exp / STATE_FILE
+    if options.resume:
+        if not state_file.is_file():
+            raise FSRFError(f"--resume: no search named {options.name!r} under {exp.parent} ({state_file} missing)")
+        stored = json.loads(state_file.read_text())
+        if stored.get("space_fingerprint") != space.fingerprint():
+            raise FSRFError(
+                f"--resume: {options.space} differs from the space search {options.name!r} started with "
+                f"({stored.get('options', {}).get('space')}); resume with that space or start a new --name"
+            )
+    elif state_file.exists():
+        raise FSRFError(f"--name: a search {options.name!r} already exists in {exp}; pass --resume to continue it")
+
+
+def _write_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
+    state = {"space_fingerprint": space.fingerprint(), "options": asdict(options)}
+    atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2, default=str))
+
+
+def _start_ray(options: SearchOptions) -> None:
+    import ray
+
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        cpus = options.num_cpus or os.cpu_count() or 1
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _check_resources(options: SearchOptions, *, local: bool) -> None:
+    """Refuse a per-trial request that no node can ever hold (instead of pending forever)."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    max_cpu = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+    max_gpu = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+    problems = []
+    if options.cpus_per_trial > max_cpu:
+        problems.append(f"--cpus-per-trial {options.cpus_per_trial:g} but the largest node has {max_cpu:g} CPUs")
+    if options.gpus_per_trial > max_gpu:
+        problems.append(f"--gpus-per-trial {options.gpus_per_trial:g} but the largest node has {max_gpu:g} GPUs")
+    if problems and local:
+        raise FSRFError("; ".join(problems) + " (local Ray: no node can ever run a trial)")
+    for problem in problems:
+        print(f"fsrf tune: warning: {problem}; trials wait until the autoscaler adds such a node")
+
+
+def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainable: Any) -> Any:
+    import optuna
+    from ray import tune
+    from ray.tune import CLIReporter
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tuning._searcher import PruneAwareOptunaSearch
+    from tuning.store import ArrowStoreCallback
+
+    epochs = options.max_epochs or space.base.train.epochs
+    sampler = optuna.samplers.TPESampler(seed=options.seed)
+    if options.multi_objective:
+        searcher = PruneAwareOptunaSearch(
+            space.define_by_run, metric=[COMPLETE_OBJECTIVE, OBJECTIVE], mode=[space.mode, space.mode],
+            sampler=sampler, study_name=options.name,
+        )
+        scheduler = FIFOScheduler()
+        print("fsrf tune: multi-objective (complete vs robust): Optuna's multi-objective TPE, FIFO scheduling")
+    else:
+        searcher = PruneAwareOptunaSearch(
+            space.define_by_run, metric=OBJECTIVE, mode=space.mode, sampler=sampler, study_name=options.name
+        )
+        scheduler = (
+            ASHAScheduler(
+                time_attr="training_iteration", metric=OBJECTIVE, mode=space.mode, max_t=epochs,
+                grace_period=min(epochs, options.grace_period or space.grace_period),
+                reduction_factor=options.reduction_factor or space.reduction_factor,
+            )
+            if options.scheduler == "asha"
+            else FIFOScheduler()
+        )
+    reporter = CLIReporter(
+        metric_columns={OBJECTIVE: "objective", "training_iteration": "epochs"},
+        parameter_columns={k: k.split(".", 1)[1] for k in space.key_columns()},
+        max_report_frequency=15,
+        metric=OBJECTIVE,
+        mode=space.mode,
+        sort_by_metric=True,
+    )
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=options.num_samples,
+            max_concurrent_trials=options.max_concurrent, reuse_actors=False,
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=options.name,
+            storage_path=str(exp.parent),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[ArrowStoreCallback(exp / STORE_DIR, experiment=options.name)],
+            progress_reporter=reporter,
+            verbose=1,
+        ),
+    )
+
+
+def run_search(options: SearchOptions) -> Path:
+    """Run (or resume) a search; returns the experiment directory.
+
+    Raises:
+        FSRFError: a bad space, data file, resource request or experiment name.
+    """
+    from fsrf import with_overrides
+    from fsrf._yaml import parse_overrides
+
+    space = load_space(options.space)
+    exp = experiment_path(options)
+    _check_state(options, space, exp)
+    overrides = {"train.checkpoint_every": options.checkpoint_every, **parse_overrides(options.overrides)}
+    if options.max_epochs:
+        overrides["train.epochs"] = options.max_epochs
+    run_base = with_overrides(space.base, overrides, source="--set")  # a bad --set fails before any Ray work
+    dataset = load_dataset(run_base.data, path=options.data)
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table, with our columns
+    import ray
+    from ray import tune
+
+    from tuning._shared_data import to_arrays
+    from tuning.trainable import fsrf_trainable
+
+    local = not (options.address or os.environ.get("RAY_ADDRESS"))
+    _start_ray(options)
+    try:
+        _check_resources(options, local=local)
+        exp.mkdir(parents=True, exist_ok=True)
+        if not options.resume:
+            _write_state(options, space, exp)
+        trainable = tune.with_resources(
+            tune.with_parameters(fsrf_trainable, space=space, data=to_arrays(dataset), overrides=overrides),
+            {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
+        )
+        if options.resume:
+            if not tune.Tuner.can_restore(str(exp)):
+                raise FSRFError(f"--resume: {exp} holds no restorable Tune experiment (tuner.pkl missing)")
+            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+        else:
+            tuner = _build_tuner(options, space, exp, trainable)
+        tuner.fit()
+    finally:
+        ray.shutdown()
+    from tuning._summary import print_summary, write_best
+
+    print_summary(exp / STORE_DIR, space, mode=space.mode)
+    best = write_best(exp / STORE_DIR, space, overrides=overrides, path=exp / BEST_FILE, experiment=options.name)
+    if best is not None:
+        print(f"wrote {best}; train it with: fsrf train --config {best} --out runs/{options.name}-best")
+    return exp

@@ -1,0 +1,88 @@
+"""The end of a search: the top trials on the terminal and the best trial's full config."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from fsrf import OBJECTIVE, save_config, with_overrides
+from tuning.space import SearchSpace
+from tuning.store import read_results, read_trials
+
+CONFIG_PREFIX = "config."
+
+
+def ranked_trials(store: Path, *, mode: str) -> list[dict[str, Any]]:
+    """Trials with their best objective over their epochs, best first; errored trials last."""
+    trials = read_trials(store).to_pylist()
+    results = read_results(store).select(["trial_id", OBJECTIVE]).to_pylist()
+    best: dict[str, float] = {}
+    pick = min if mode == "min" else max
+    for row in results:
+        value = row[OBJECTIVE]
+        if value is not None and not math.isnan(value):
+            best[row["trial_id"]] = pick(best.get(row["trial_id"], value), value)
+    for trial in trials:
+        trial["best_objective"] = best.get(trial["trial_id"])
+    sign = 1.0 if mode == "min" else -1.0
+
+    def key(trial: dict[str, Any]) -> tuple[int, float]:
+        value = trial["best_objective"]
+        return (trial["status"] == "ERROR" or value is None, sign * value if value is not None else 0.0)
+
+    return sorted(trials, key=key)
+
+
+def trial_config(trial: dict[str, Any]) -> dict[str, Any]:
+    """The flat Tune config of a stored trial (its searched values)."""
+    return {
+        k[len(CONFIG_PREFIX):]: v for k, v in trial.items() if k.startswith(CONFIG_PREFIX) and v is not None
+    }
+
+
+def print_summary(store: Path, space: SearchSpace, *, mode: str, top: int = 10) -> None:
+    """Print the top trials: objective, key parameters, epochs run, status; and the status counts."""
+    trials = ranked_trials(store, mode=mode)
+    columns = list(space.key_columns())
+    header = ["rank", "trial", "status", "epochs", "objective", *(c.split(".", 1)[1] for c in columns)]
+    rows = []
+    for rank, trial in enumerate(trials[:top], 1):
+        cfg = trial_config(trial)
+        value = trial["best_objective"]
+        rows.append([
+            str(rank), trial["trial_id"], trial["status"], str(trial.get("iterations") or 0),
+            "-" if value is None else f"{value:.4f}", *(_short(cfg.get(c, "-")) for c in columns),
+        ])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print(f"\ntop trials by best validation objective ({space.metric}, {mode}):")
+    for row in [header, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    counts: dict[str, int] = {}
+    for trial in trials:
+        counts[trial["status"]] = counts.get(trial["status"], 0) + 1
+    print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def write_best(
+    store: Path, space: SearchSpace, *, overrides: dict[str, Any], path: Path, experiment: str
+) -> Path | None:
+    """Write the best trial's full training config (``fsrf train --config`` takes it as is)."""
+    trials = [t for t in ranked_trials(store, mode=space.mode) if t["best_objective"] is not None]
+    if not trials:
+        return None
+    best = trials[0]
+    config = with_overrides(space.to_config(trial_config(best)), overrides, source=str(path))
+    provenance = {
+        "experiment": experiment,
+        "trial_id": best["trial_id"],
+        "objective": space.metric,
+        "objective_value": best["best_objective"],
+        "store": str(store),
+    }
+    save_config(config, path, provenance=provenance)
+    return path

@@ -1,0 +1,104 @@
+"""Command line of a search: ``python tune.py ...`` and ``fsrf tune ...`` (the same arguments).
+
+    python tune.py                                   # built-in default: local Ray, synthetic data, small search
+    python tune.py --smoke-test                      # seconds-long check that everything runs
+    python tune.py --space tuning/spaces/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl \\
+        --name mosi-robust --num-samples 200 --max-concurrent 8 --gpus-per-trial 0.5 --storage /shared/ray_results
+    python tune.py --name mosi-robust --storage /shared/ray_results --resume
+
+Without ``RAY_ADDRESS`` or ``--address`` a local Ray is started on this machine
+(``--num-cpus``, dashboard off, token authentication on); with one, the search
+joins that cluster. Bad input prints one line ``fsrf tune: error: ...`` and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from fsrf._errors import FSRFError
+
+DEFAULT_SPACE = Path(__file__).resolve().parent / "spaces" / "default.yaml"
+SMOKE = {
+    "num_samples": 4, "max_concurrent": 2, "max_epochs": 2, "grace_period": 1,
+    "overrides": ("data.synthetic_train=160", "data.synthetic_valid=64", "data.synthetic_test=64",
+                  "model.hidden=32", "model.heads=2", "missing.valid_rates=[0.0,0.5]"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tune.py", description="Ray Tune x Optuna search over FSRF's loss weights "
+                                "and missing-rate curricula; every trial goes to an Arrow store.")
+    what = p.add_argument_group("what to search")
+    what.add_argument("--space", default=str(DEFAULT_SPACE), help="search space YAML (default: tuning/spaces/default.yaml)")
+    what.add_argument("--data", default=None, help="MMSA pickle for the space's dataset (default: the base config's)")
+    what.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="fixed training config value for every trial, e.g. --set train.epochs=20")
+    where = p.add_argument_group("where results go")
+    where.add_argument("--name", default=None, help="experiment name = Optuna study name (default: <space>-<time>)")
+    where.add_argument("--storage", default=str(Path("~/ray_results").expanduser()),
+                       help="experiment root (default: ~/ray_results); the experiment is <storage>/<name>")
+    where.add_argument("--resume", action="store_true", help="continue the experiment <storage>/<name>")
+    budget = p.add_argument_group("budget and resources")
+    budget.add_argument("--num-samples", type=int, default=16, help="trials in total (default: 16)")
+    budget.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (default: 2)")
+    budget.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default: 1)")
+    budget.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per trial, fractions allowed (default: 0)")
+    budget.add_argument("--max-epochs", type=int, default=None, help="epochs per trial (default: the space's train.epochs)")
+    budget.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    budget.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
+    sched = p.add_argument_group("scheduling")
+    sched.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)")
+    sched.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a stop (default: the space's)")
+    sched.add_argument("--reduction-factor", type=int, default=None, help="ASHA: rung reduction (default: the space's)")
+    sched.add_argument("--multi-objective", action="store_true",
+                       help="optimise complete and robust objectives together (Pareto front; FIFO)")
+    sched.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every k epochs (default: 1)")
+    sched.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: 2)")
+    sched.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
+    p.add_argument("--smoke-test", action="store_true", help="a tiny search (4 trials, 2 epochs, small data)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
+    from tuning._run import SearchOptions
+
+    name = args.name or f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume and not args.name:
+        raise FSRFError("--resume needs --name (the experiment to continue)")
+    for flag in ("num_samples", "max_concurrent", "checkpoint_every"):
+        if getattr(args, flag) < 1:
+            raise FSRFError(f"--{flag.replace('_', '-')}: {getattr(args, flag)} must be >= 1")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise FSRFError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    values = dict(
+        space=args.space, name=name, storage=args.storage, data=args.data, num_samples=args.num_samples,
+        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
+        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        max_epochs=args.max_epochs, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
+        multi_objective=args.multi_objective, resume=args.resume, seed=args.seed, num_cpus=args.num_cpus,
+        address=args.address, overrides=tuple(args.set),
+    )
+    if args.smoke_test:
+        values.update({k: v for k, v in SMOKE.items() if k != "overrides"})
+        values["overrides"] = SMOKE["overrides"] + tuple(args.set)
+    return SearchOptions(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run the search; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        from tuning._run import run_search
+
+        run_search(options_from_args(args))
+    except FSRFError as err:
+        print(f"fsrf tune: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,82 @@
+"""The Ray Tune function trainable: one trial = one ``fsrf.train`` run.
+
+fsrf knows nothing of Ray; this module passes it a ``report`` callback that
+forwards every epoch's metrics to ``ray.tune.report`` with the checkpoint fsrf
+wrote that epoch, and resumes from ``ray.tune.get_checkpoint()`` when Tune
+restarts the trial (after a crash, a lost node, or ``--resume``).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.tune
+
+from fsrf import OBJECTIVE, train, with_overrides
+from fsrf._constants import COMPLETE_OBJECTIVE, LAST_CHECKPOINT, VALID, rate_key
+from tuning._shared_data import from_arrays
+from tuning.space import SearchSpace
+
+CHECKPOINT_FILE = LAST_CHECKPOINT
+
+
+def _reporter(select_metric: str, complete: bool) -> Callable[[dict[str, float], Path | None], None]:
+    complete_key = rate_key(VALID, 0.0, select_metric)
+
+    def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
+        metrics = dict(metrics)
+        if complete:
+            metrics[COMPLETE_OBJECTIVE] = metrics[complete_key]
+        if checkpoint is None:
+            ray.tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="fsrf-ckpt-") as tmp:
+            shutil.copy2(checkpoint, Path(tmp) / CHECKPOINT_FILE)
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
+
+    return report
+
+
+def fsrf_trainable(
+    trial_config: dict[str, Any],
+    *,
+    space: SearchSpace,
+    data: dict[str, Any],
+    overrides: dict[str, Any],
+) -> None:
+    """Train one trial's config; every epoch is reported to Tune.
+
+    Args:
+        trial_config: the flat config Tune gives the trial (searched values).
+        space: the search space, which turns ``trial_config`` into an fsrf config.
+        data: the dataset as numpy arrays from the object store (see ``tuning._shared_data``).
+        overrides: run-level dotted config values (epochs, checkpoint period, ...).
+    """
+    context = ray.tune.get_context()
+    resources = context.get_trial_resources().required_resources
+    cpus = max(1, int(resources.get("CPU", 1)))
+    device = "cuda" if resources.get("GPU", 0) > 0 and ray.get_gpu_ids() else "cpu"
+    config = with_overrides(
+        space.to_config(trial_config),
+        {**overrides, "train.num_threads": cpus, "train.device": device},
+        source=f"trial {context.get_trial_id()}",
+    )
+    dataset = from_arrays(data)
+    report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates)
+    checkpoint = ray.tune.get_checkpoint()
+    with tempfile.TemporaryDirectory(prefix="fsrf-trial-") as out:
+        if checkpoint is None:
+            train(config, dataset=dataset, out_dir=out, report=report, tensorboard=False)
+            return
+        with checkpoint.as_directory() as restored:
+            resume = Path(out) / "resume.pt"
+            shutil.copy2(Path(restored) / CHECKPOINT_FILE, resume)
+        train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+
+
+__all__ = ["fsrf_trainable", "OBJECTIVE", "COMPLETE_OBJECTIVE"]
