@@ -1,0 +1,264 @@
+"""The trial store: every Tune trial result in Apache Arrow files, crash-safe, one writer.
+
+This module (with ``_store_write`` and ``_store_read``, which it re-exports) is the
+only code that knows the format. Layout of a store directory (by convention
+``<storage>/<experiment>/store/``)::
+
+    wal/<session>-<n:04d>.arrows     Arrow IPC *stream*, appended and fsynced per flush
+    parts/<session>-<n:04d>.parquet  the same rows, once the segment is closed (immutable)
+
+``session`` is the writer's UTC start time and a short uuid
+(``20250102T030405123456Z-1a2b3c4d``), so names sort by start time. A writer (one per
+driver start) rolls to a new segment when a row brings a column the open segment lacks,
+or when the open segment reaches ``segment_bytes`` (32 MiB, ~5,000 one-row batches).
+Closing the writer, and a roll on size, compact the closed segments to Parquet (temp
+file, fsync, rename, fsync directory, then the WAL is deleted); segments of a crashed driver stay in ``wal/`` (a torn tail
+loses only the batch being written) and the next writer compacts them. Nothing is
+rewritten in place. Files whose names start with ``.`` or ``_`` are temporary.
+
+Rows (one wide table): ``schema_version`` int64, ``experiment``, ``trial_id`` strings,
+``attempt`` int64 (1 for a trial's first start, +1 per restart), ``iteration`` int64
+(null for events without one), ``event`` (``result``, ``start``, ``restore``,
+``complete``, ``pruned``, ``error``), ``message`` (the error's first line),
+``session``, ``seq`` int64 (monotonic per writer), ``ts`` timestamp[us, UTC]; then
+``config.<dotted.path>`` (bool, int64, float64, or string; lists as JSON) and one
+float64 column per numeric reported key (``objective``, ``valid/robust/MAE``, ...).
+Every file's schema metadata holds ``fsrf.store.schema_version`` and
+``fsrf.store.versions`` (Python, pyarrow, Ray, Optuna, torch).
+
+Reading with pyarrow or pandas alone (rows as written: events included, not de-duplicated;
+:func:`read_results` filters and de-duplicates). Compacted parts::
+
+    import pathlib, pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq
+    files = sorted(str(p) for p in pathlib.Path(root, "parts").glob("[!._]*.parquet"))
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    df = ds.dataset(files, format="parquet", schema=schema).to_table().to_pandas()
+
+(``ds.dataset(f"{root}/parts", format="parquet")`` also works, but takes its columns
+from the first file only.) A live, not yet compacted WAL segment::
+
+    import pyarrow as pa
+    with pa.ipc.open_stream(pa.OSFile(str(wal_file))) as reader:
+        table = reader.read_all()  # raises on a torn tail; read_events() keeps its complete batches
+"""
+
+from __future__ import annotations
+
+import os
+import types
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fsrf._constants import FINAL_EPOCH
+from tuning._store_read import STATUS, read_attempts, read_events, read_results, read_trials, store_root
+from tuning._store_write import (
+    BASE_COLUMNS,
+    CONFIG_PREFIX,
+    EVENTS,
+    SCHEMA_VERSION,
+    TornSegmentWarning,
+    TrialStoreWriter,
+    is_metric,
+)
+
+__all__ = [
+    "EVENTS",
+    "SCHEMA_VERSION",
+    "STATUS",
+    "ArrowStoreCallback",
+    "TornSegmentWarning",
+    "TrialStoreWriter",
+    "read_events",
+    "read_results",
+    "read_trials",
+    "store_root",
+]
+
+
+class _StoreHooks:
+    """The single writer of a trial store, as a Tune callback in the driver.
+
+    ``ArrowStoreCallback`` is this class mixed into ``ray.tune.Callback``; it is
+    built on first access, so importing this module does not import Ray.
+
+    Attempts: a trial's rows carry ``attempt`` = 1 at its first start and one
+    more at every later start. Tune calls ``on_trial_start`` for each actor
+    start (first start, retry after ``on_trial_recover``, resume after pause,
+    driver restore), so the number grows there and only there;
+    ``on_trial_recover``/``on_trial_restore`` write a ``restore`` event under the
+    attempt that failed or is being restored. On setup the callback reads each
+    trial's highest attempt from the store, so numbering continues across
+    driver restarts; the store is the source of truth (no callback state).
+
+    Example:
+        >>> RunConfig(callbacks=[ArrowStoreCallback(exp / "store", experiment="exp")])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, experiment: str, flush_every: int = 1, fsync: bool = True,
+        final_key: str | None = FINAL_EPOCH,
+    ) -> None:
+        """Configure; the writer opens in :meth:`setup`.
+
+        Args:
+            root: The store directory.
+            experiment: The experiment name stored in every row.
+            flush_every: Rows per fsynced record batch (see :class:`TrialStoreWriter`).
+            fsync: fsync every batch.
+            final_key: The result key that is 1.0 in a trial's last epoch; a trial that
+                ends without it is ``pruned``. None: every ended trial is ``complete``.
+        """
+        self.root = Path(root)
+        self.experiment = experiment
+        self.flush_every = flush_every
+        self.fsync = fsync
+        self.final_key = final_key
+        self._writer: TrialStoreWriter | None = None
+        self._attempts: dict[str, int] = {}
+        self._skipped: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config (tuner.pkl); an open writer stays with this process.
+        state = self.__dict__.copy()
+        state.update(_writer=None, _attempts={}, _skipped=set())
+        return state
+
+    def _open(self) -> TrialStoreWriter:
+        if self._writer is None or self._writer.closed:
+            self._writer = TrialStoreWriter(
+                self.root, experiment=self.experiment, flush_every=self.flush_every, fsync=self.fsync
+            )
+            self._attempts = read_attempts(self.root)
+        return self._writer
+
+    def _attempt(self, trial_id: str, *, start: bool = False) -> int:
+        # A new attempt at every start (and for a trial never seen, which Tune does not produce).
+        if start or trial_id not in self._attempts:
+            self._attempts[trial_id] = self._attempts.get(trial_id, 0) + 1
+        return self._attempts[trial_id]
+
+    # -- Tune hooks (called in the driver) ---------------------------------------------------
+    def setup(
+        self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
+    ) -> None:
+        """Open the writer (compacting a crashed session's WAL) and learn the attempts so far."""
+        self._open()
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A (re)started trial: a new attempt and a ``start`` event with its config."""
+        writer = self._open()
+        attempt = self._attempt(trial.trial_id, start=True)
+        writer.event(trial_id=trial.trial_id, attempt=attempt, event="start", config=trial.config)
+
+    def on_trial_restore(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A ``restore`` event (the attempt was counted at the start before it)."""
+        self._lifecycle(trial, "restore")
+
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """A failed trial that Tune retries: ``restore`` with the error; its next start is a new attempt."""
+        self._lifecycle(trial, "restore", message=error_line(trial))
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        """A result row: every numeric top-level entry of ``result`` except ``config``."""
+        writer = self._open()
+        metrics = {}
+        for key, value in result.items():
+            if key == "config" or not is_metric(value):
+                continue
+            if key in BASE_COLUMNS or key.startswith(CONFIG_PREFIX):
+                if key not in self._skipped:
+                    self._skipped.add(key)
+                    warnings.warn(f"trial store {self.root}: reported key {key!r} is a store column "
+                                  f"name; not stored", stacklevel=2)
+                continue
+            metrics[key] = value
+        writer.result(trial_id=trial.trial_id, attempt=self._attempt(trial.trial_id),
+                      iteration=int(result["training_iteration"]), config=trial.config, metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """``complete`` if the last result has ``final_key`` == 1.0 (or no key is set), else ``pruned``."""
+        last = trial.last_result or {}
+        done = self.final_key is None or last.get(self.final_key) == 1.0
+        self._lifecycle(trial, "complete" if done else "pruned")
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        """An ``error`` event carrying the first line of the trial's exception."""
+        self._lifecycle(trial, "error", message=error_line(trial))
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        """Close the writer: flush and compact this session's segments to Parquet."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _lifecycle(self, trial: Any, event: str, message: str | None = None) -> None:
+        writer = self._open()
+        last = trial.last_result or {}
+        it = last.get("training_iteration")
+        writer.event(trial_id=trial.trial_id, attempt=self._attempt(trial.trial_id), event=event,
+                     iteration=it if isinstance(it, int) else None, message=message)
+
+
+def error_line(trial: Any) -> str | None:
+    """``"ValueError: boom"``: the type and first message line of a trial's last exception.
+
+    Reads the exception Tune pickled into the trial's driver-side directory
+    (unwrapping Ray's ``RayTaskError`` to its cause), else the last line of
+    Tune's ``error.txt``. Never raises; None when Tune recorded nothing.
+    """
+    exc: Any = None
+    try:
+        from ray import cloudpickle
+
+        local = trial.pickled_error_file
+        if local and os.path.exists(local):
+            with open(local, "rb") as f:
+                exc = cloudpickle.load(f)
+        else:
+            exc = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - a message is a nicety; never fail the experiment for it
+        exc = None
+    if isinstance(exc, BaseException):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            exc = cause
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else ""
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    try:
+        local = trial.error_file
+        text = Path(local).read_text() if local and os.path.exists(local) else (trial.get_error() or "")
+    except Exception:  # noqa: BLE001
+        return None
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure # ")]
+    return lines[-1].strip() if lines else None
+
+
+if TYPE_CHECKING:
+    from ray.tune import Callback
+
+    class ArrowStoreCallback(_StoreHooks, Callback):  # noqa: D101 - built by __getattr__ below
+        ...
+
+
+def _callback_class() -> type:
+    from ray.tune import Callback
+
+    cls = types.new_class("ArrowStoreCallback", (_StoreHooks, Callback))
+    cls.__module__ = __name__
+    cls.__qualname__ = "ArrowStoreCallback"
+    cls.__doc__ = _StoreHooks.__doc__
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    """``ArrowStoreCallback`` is built on first access: importing Ray costs a second."""
+    if name == "ArrowStoreCallback":
+        cls = _callback_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
