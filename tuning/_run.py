@@ -31,6 +31,7 @@ class SearchOptions:
     """Everything a search run needs, as parsed from the command line."""
 
     space: str
+    """Search space YAML; empty with --resume (the experiment's own is used)."""
     name: str
     storage: str
     data: str | None = None
@@ -39,6 +40,7 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     scheduler: str = "asha"
+    sampler: str = "tpe"
     grace_period: int | None = None
     reduction_factor: int | None = None
     max_epochs: int | None = None
@@ -62,20 +64,43 @@ def experiment_path(options: SearchOptions) -> Path:
     return Path(options.storage).expanduser().resolve() / options.name
 
 
-def _check_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
-    """A new search needs a fresh name; a resumed one the same space."""
+RUNTIME_FIELDS = ("name", "storage", "resume", "num_cpus", "address")
+"""Options a resumed search takes from its command line; the rest come from the stored state."""
+
+
+def resolve_options(options: SearchOptions) -> SearchOptions:
+    """For ``--resume``, the options the search started with (its space, data, budget, overrides).
+
+    Raises:
+        FSRFError: no search of that name, or a new search over an existing name.
+    """
+    exp = experiment_path(options)
     state_file = exp / STATE_FILE
-    if options.resume:
-        if not state_file.is_file():
-            raise FSRFError(f"--resume: no search named {options.name!r} under {exp.parent} ({state_file} missing)")
-        stored = json.loads(state_file.read_text())
-        if stored.get("space_fingerprint") != space.fingerprint():
-            raise FSRFError(
-                f"--resume: {options.space} differs from the space search {options.name!r} started with "
-                f"({stored.get('options', {}).get('space')}); resume with that space or start a new --name"
-            )
-    elif state_file.exists():
-        raise FSRFError(f"--name: a search {options.name!r} already exists in {exp}; pass --resume to continue it")
+    if not options.resume:
+        if state_file.exists():
+            raise FSRFError(f"--name: a search {options.name!r} already exists in {exp}; pass --resume to continue it")
+        return options
+    if not state_file.is_file():
+        raise FSRFError(f"--resume: no search named {options.name!r} under {exp.parent} ({state_file} missing)")
+    state = json.loads(state_file.read_text())
+    if options.space and load_space(options.space).fingerprint() != state["space_fingerprint"]:
+        raise FSRFError(
+            f"--space: {options.space} is not the space search {options.name!r} started with "
+            f"({state['options']['space']}); resume without --space or start a new --name"
+        )
+    stored = state["options"]
+    stored["overrides"] = tuple(stored.get("overrides", ()))
+    return SearchOptions(**{**stored, **{k: getattr(options, k) for k in RUNTIME_FIELDS}})
+
+
+def _check_space(space: SearchSpace, exp: Path) -> None:
+    """A resumed search must run over the space it started with."""
+    stored = json.loads((exp / STATE_FILE).read_text())
+    if stored.get("space_fingerprint") != space.fingerprint():
+        raise FSRFError(
+            f"--resume: {space.source} has changed since search {exp.name!r} started; restore that file "
+            "or start a new --name"
+        )
 
 
 def _write_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
@@ -122,7 +147,11 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
     from tuning.store import ArrowStoreCallback
 
     epochs = options.max_epochs or space.base.train.epochs
-    sampler = optuna.samplers.TPESampler(seed=options.seed)
+    sampler = (
+        optuna.samplers.TPESampler(seed=options.seed)
+        if options.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=options.seed)
+    )
     if options.multi_objective:
         searcher = PruneAwareOptunaSearch(
             space.define_by_run, metric=[COMPLETE_OBJECTIVE, OBJECTIVE], mode=[space.mode, space.mode],
@@ -155,7 +184,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=options.num_samples,
-            max_concurrent_trials=options.max_concurrent, reuse_actors=False,
+            max_concurrent_trials=options.max_concurrent, reuse_actors=True,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
@@ -179,9 +208,11 @@ def run_search(options: SearchOptions) -> Path:
     from fsrf import with_overrides
     from fsrf._yaml import parse_overrides
 
+    options = resolve_options(options)
     space = load_space(options.space)
     exp = experiment_path(options)
-    _check_state(options, space, exp)
+    if options.resume:
+        _check_space(space, exp)
     overrides = {"train.checkpoint_every": options.checkpoint_every, **parse_overrides(options.overrides)}
     if options.max_epochs:
         overrides["train.epochs"] = options.max_epochs

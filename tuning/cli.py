@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tune.py", description="Ray Tune x Optuna search over FSRF's loss weights "
                                 "and missing-rate curricula; every trial goes to an Arrow store.")
     what = p.add_argument_group("what to search")
-    what.add_argument("--space", default=str(DEFAULT_SPACE), help="search space YAML (default: tuning/spaces/default.yaml)")
+    what.add_argument("--space", default=None, help="search space YAML (default: tuning/spaces/default.yaml; "
+                      "with --resume: the experiment's own)")
     what.add_argument("--data", default=None, help="MMSA pickle for the space's dataset (default: the base config's)")
     what.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="fixed training config value for every trial, e.g. --set train.epochs=20")
@@ -52,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
     sched = p.add_argument_group("scheduling")
     sched.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)")
+    sched.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
+                       help="Optuna sampler: tpe, or random as a baseline (default: tpe)")
     sched.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a stop (default: the space's)")
     sched.add_argument("--reduction-factor", type=int, default=None, help="ASHA: rung reduction (default: the space's)")
     sched.add_argument("--multi-objective", action="store_true",
@@ -59,14 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every k epochs (default: 1)")
     sched.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: 2)")
     sched.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
-    p.add_argument("--smoke-test", action="store_true", help="a tiny search (4 trials, 2 epochs, small data)")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="a tiny search: 4 trials of 2 epochs on small data, unless flags say otherwise")
     return p
 
 
 def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
     from tuning._run import SearchOptions
 
-    name = args.name or f"{Path(args.space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    space = str(Path(args.space).resolve()) if args.space else ("" if args.resume else str(DEFAULT_SPACE))
+    data = str(Path(args.data).resolve()) if args.data else None
+    name = args.name or f"{Path(space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.resume and not args.name:
         raise FSRFError("--resume needs --name (the experiment to continue)")
     for flag in ("num_samples", "max_concurrent", "checkpoint_every"):
@@ -75,15 +81,18 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise FSRFError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     values = dict(
-        space=args.space, name=name, storage=args.storage, data=args.data, num_samples=args.num_samples,
+        space=space, name=name, storage=args.storage, data=data, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
-        scheduler=args.scheduler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
+        scheduler=args.scheduler, sampler=args.sampler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_epochs=args.max_epochs, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
         multi_objective=args.multi_objective, resume=args.resume, seed=args.seed, num_cpus=args.num_cpus,
         address=args.address, overrides=tuple(args.set),
     )
-    if args.smoke_test:
-        values.update({k: v for k, v in SMOKE.items() if k != "overrides"})
+    if args.smoke_test:  # smoke values replace defaults, never flags given explicitly
+        parser = build_parser()
+        for key, value in SMOKE.items():
+            if key != "overrides" and getattr(args, key) == parser.get_default(key):
+                values[key] = value
         values["overrides"] = SMOKE["overrides"] + tuple(args.set)
     return SearchOptions(**values)
 

@@ -1,0 +1,160 @@
+"""Searches end to end: real Ray (local, 2 CPUs), real Optuna, real Arrow store, real TensorBoard files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from fsrf import load_config
+from tuning._searcher import PruneAwareOptunaSearch
+from tuning.store import read_results, read_trials
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _ray_env(tmp_dir: str) -> dict[str, str]:
+    """A child environment whose Ray lives under its own short temp dir (sockets need short paths)."""
+    env = dict(os.environ)
+    env["RAY_TMPDIR"] = tmp_dir
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _kill_ray_under(tmp_dir: str) -> None:
+    """End every process of the Ray instance rooted at ``tmp_dir`` (left behind by a SIGKILLed driver)."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(tmp_dir in part for part in proc.info["cmdline"] or []):
+                proc.kill()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+
+
+@pytest.fixture()
+def ray_tmp():
+    path = tempfile.mkdtemp(prefix="fr", dir="/tmp")
+    yield path
+    _kill_ray_under(path)
+
+
+def _tune(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_pruned_trials_reach_optuna_as_pruned_with_their_intermediate_values() -> None:
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("loss.homo", 0.1, 1.0)
+
+    searcher = PruneAwareOptunaSearch(space, metric="objective", mode="min",
+                                      sampler=optuna.samplers.RandomSampler(seed=0), study_name="t")
+    for tid in ("stopped", "finished", "failed"):
+        searcher.suggest(tid)
+    for step in (1, 2):
+        searcher.on_trial_result("stopped", {"objective": 1.0 / step, "training_iteration": step})
+        searcher.on_trial_result("finished", {"objective": 0.5 / step, "training_iteration": step})
+    # ASHA stops "stopped" at its 3rd report: Tune passes that result to on_trial_complete only
+    searcher.on_trial_complete("stopped", result={"objective": 0.3, "training_iteration": 3, "final_epoch": 0.0})
+    searcher.on_trial_complete("finished", result={"objective": 0.2, "training_iteration": 3, "final_epoch": 1.0})
+    searcher.on_trial_complete("failed", result=None, error=True)
+    trials = {t.number: t for t in searcher.study.trials}
+    stopped, finished, failed = trials[0], trials[1], trials[2]
+    assert stopped.state == TrialState.PRUNED  # Optuna keeps the last intermediate value as its value
+    assert stopped.intermediate_values == {1: 1.0, 2: 0.5, 3: 0.3}
+    assert finished.state == TrialState.COMPLETE and finished.value == 0.2
+    assert failed.state == TrialState.FAIL
+
+
+@pytest.mark.slow
+def test_smoke_test_finishes_and_writes_store_best_config_and_tensorboard(tmp_path: Path, ray_tmp: str) -> None:
+    proc = _tune(["--smoke-test", "--storage", str(tmp_path), "--name", "smoke"], _ray_env(ray_tmp))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "top trials by best validation objective" in out
+    exp = tmp_path / "smoke"
+    trials = read_trials(exp)
+    assert trials.num_rows == 4
+    assert set(trials.column("status").to_pylist()) <= {"COMPLETE", "PRUNED"}
+    results = read_results(exp)
+    pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
+    assert len(pairs) == len(set(pairs)) > 0
+    assert "valid/robust/MAE" in results.column_names and "train/loss/distill" in results.column_names
+    config = load_config(exp / "best.yaml")  # a full training config, as `fsrf train --config` takes it
+    assert config.train.epochs == 2 and config.model.hidden == 32
+    events = list(exp.rglob("events.out.tfevents.*"))
+    assert len({e.parent for e in events}) >= 4
+
+
+@pytest.mark.slow
+def test_nan_trials_are_recorded_as_errors_and_the_search_goes_on(tmp_path: Path, ray_tmp: str) -> None:
+    space = tmp_path / "nan.yaml"
+    space.write_text(
+        f"base: {ROOT / 'configs' / 'synthetic.yaml'}\n"
+        "fixed: {train.epochs: 2, optim.grad_clip: 0.0, optim.warmup_fraction: 0.0}\n"
+        "objective: {metric: MAE, mode: min}\n"
+        "scheduler: {grace_period: 2, reduction_factor: 3}\n"
+        "params:\n  optim.lr: {choice: [0.001, 1.0e+12]}\n"
+    )
+    proc = _tune(["--smoke-test", "--space", str(space), "--storage", str(tmp_path), "--name", "nan",
+                  "--max-failures", "0", "--scheduler", "fifo"], _ray_env(ray_tmp))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    trials = read_trials(tmp_path / "nan").to_pylist()
+    assert len(trials) == 4
+    errored = [t for t in trials if t["status"] == "ERROR"]
+    assert all(t["config.optim.lr"] == 1e12 for t in errored)
+    assert errored and all("loss term" in t["error"] for t in errored)
+    assert all(t["status"] == "COMPLETE" for t in trials if t["config.optim.lr"] == 0.001)
+
+
+def _wait_for_results(exp: Path, at_least: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
+        try:
+            if read_results(exp).num_rows >= at_least:
+                return
+        except Exception:  # the store does not exist yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError("the search produced too few results before the deadline")
+
+
+@pytest.mark.slow
+def test_a_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path: Path, ray_tmp: str) -> None:
+    env = _ray_env(ray_tmp)
+    args = ["--smoke-test", "--num-samples", "6", "--max-epochs", "3", "--storage", str(tmp_path), "--name", "kill"]
+    proc = _tune(args, env, start_new_session=True)
+    exp = tmp_path / "kill"
+    _wait_for_results(exp, 5, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything in its session die at once
+    proc.wait()
+    _kill_ray_under(ray_tmp)
+    before = read_results(exp).num_rows
+    resumed = _tune(["--name", "kill", "--storage", str(tmp_path), "--resume"], env)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    trials = read_trials(exp)
+    assert trials.num_rows == 6
+    assert set(trials.column("status").to_pylist()) <= {"COMPLETE", "PRUNED"}
+    results = read_results(exp)
+    pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
+    assert len(pairs) == len(set(pairs)) >= before
+
+
+def test_resume_errors(tmp_path: Path) -> None:
+    from tuning.cli import main
+
+    assert main(["--name", "nothing", "--storage", str(tmp_path), "--resume"]) == 2
+    assert main(["--space", str(tmp_path / "missing.yaml"), "--storage", str(tmp_path)]) == 2
