@@ -176,6 +176,17 @@ def test_restore_duplicates_are_removed(tmp_path: Path) -> None:
     assert trial["objective"] == pytest.approx(2.6)
 
 
+def test_discarded_trials_leave_the_views_but_keep_their_rows(tmp_path: Path) -> None:
+    with TrialStoreWriter(tmp_path, experiment="exp") as w:
+        for tid in ("kept", "orphan"):
+            w.event(trial_id=tid, attempt=1, event="start", config=CONFIG)
+            _results(w, tid, 1, range(1, 3))
+        w.event(trial_id="orphan", attempt=1, event="discarded", message="absent from the restored experiment")
+    assert set(read_results(tmp_path)["trial_id"].to_pylist()) == {"kept"}
+    assert read_trials(tmp_path)["trial_id"].to_pylist() == ["kept"]
+    assert "orphan" in read_events(tmp_path)["trial_id"].to_pylist()
+
+
 def test_flush_every_buffers_rows_until_flush(tmp_path: Path) -> None:
     w = TrialStoreWriter(tmp_path, experiment="exp", flush_every=3, fsync=False)
     _results(w, "t", 1, range(1, 3))

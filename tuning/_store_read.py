@@ -32,7 +32,7 @@ from tuning._store_write import (
 )
 
 STORE_DIR = "store"
-STATUS = {"complete": "COMPLETE", "pruned": "PRUNED", "error": "ERROR"}
+STATUS = {"complete": "COMPLETE", "pruned": "PRUNED", "error": "ERROR", "discarded": "DISCARDED"}
 """Terminal events and the status they give a trial; a trial without one is ``RUNNING``."""
 KEYS = ["trial_id", "iteration", "attempt", "session", "seq", "event", "message"]
 _GROUP = 8  # columns decoded per pass when gathering
@@ -184,7 +184,10 @@ def _dedup_positions(keys: pa.Table) -> pa.Array:
     One row per (trial_id, iteration): the highest (attempt, session, seq) wins.
     """
     keys = keys.append_column("pos", pa.array(range(keys.num_rows), pa.int64()))
+    discarded = pc.unique(keys.filter(pc.equal(keys["event"], "discarded"))["trial_id"].combine_chunks())
     keys = keys.filter(pc.equal(keys["event"], RESULT))
+    if len(discarded):  # trials the restored experiment does not hold (see ArrowStoreCallback)
+        keys = keys.filter(pc.invert(pc.is_in(keys["trial_id"], value_set=discarded)))
     keys = keys.set_column(1, "iteration", pc.fill_null(keys["iteration"], -1))
     order = pc.sort_indices(keys, sort_keys=[
         ("trial_id", "ascending"), ("iteration", "ascending"),
@@ -251,6 +254,9 @@ def read_trials(path: str | os.PathLike[str]) -> pa.Table:
     iteration); ``error`` (message of the last error event); the trial's
     ``config.*`` columns (from its last ``start`` or ``result`` row); and the
     metric columns of its last de-duplicated result (null for a trial without results).
+    Trials marked ``discarded`` (started before a driver crash, absent from the
+    restored experiment) are left out here and in :func:`read_results`; their
+    rows stay in the files and in :func:`read_events`.
 
     Args:
         path: The store directory, or an experiment directory holding ``store/``.
@@ -298,7 +304,8 @@ def read_trials(path: str | os.PathLike[str]) -> pa.Table:
                 column, typ = gathered[name], gathered[name].type
                 null = pa.nulls(1, typ)[0]
                 table[name] = column if pa.types.is_null(typ) else pc.if_else(valid, column, null)
-        return pa.table(table)
+        result = pa.table(table)
+        return result.filter(pc.not_equal(result["status"], STATUS["discarded"]))
 
 
 def read_attempts(path: str | os.PathLike[str]) -> dict[str, int]:

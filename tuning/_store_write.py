@@ -32,7 +32,7 @@ CONFIG_PREFIX = "config."
 META_PREFIX = "fsrf.store."
 
 RESULT = "result"
-LIFECYCLE_EVENTS = ("start", "restore", "complete", "pruned", "error")
+LIFECYCLE_EVENTS = ("start", "restore", "complete", "pruned", "error", "discarded")
 EVENTS = (RESULT, *LIFECYCLE_EVENTS)
 
 TS_TYPE = pa.timestamp("us", tz="UTC")

@@ -189,7 +189,19 @@ class _StoreHooks:
         self._lifecycle(trial, "error", message=error_line(trial))
 
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
-        """Close the writer: flush and compact this session's segments to Parquet."""
+        """Mark trials the experiment does not hold as ``discarded``, then close the writer.
+
+        A driver killed before Tune snapshotted a newly started trial leaves that
+        trial's rows in the store but not in the restored experiment, which draws
+        its sample again. Its rows stay (nothing is deleted); the readers leave
+        discarded trials out, so the store shows exactly the experiment's trials.
+        """
+        writer = self._open()
+        known = {t.trial_id for t in trials}
+        for trial_id in sorted(set(read_attempts(self.root)) | set(self._attempts)):
+            if trial_id not in known:
+                writer.event(trial_id=trial_id, attempt=self._attempt(trial_id), event="discarded",
+                             message="started before the driver died, absent from the restored experiment")
         if self._writer is not None:
             self._writer.close()
             self._writer = None
