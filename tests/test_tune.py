@@ -158,3 +158,12 @@ def test_resume_errors(tmp_path: Path) -> None:
 
     assert main(["--name", "nothing", "--storage", str(tmp_path), "--resume"]) == 2
     assert main(["--space", str(tmp_path / "missing.yaml"), "--storage", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow
+def test_a_request_no_node_can_hold_fails_at_start(tmp_path: Path, ray_tmp: str) -> None:
+    proc = _tune(["--smoke-test", "--cpus-per-trial", "8", "--storage", str(tmp_path), "--name", "big"],
+                 _ray_env(ray_tmp))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "fsrf tune: error: --cpus-per-trial 8 but the largest node has 2 CPUs" in out

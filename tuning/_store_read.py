@@ -44,7 +44,7 @@ def store_root(path: str | os.PathLike[str]) -> Path:
     Raises:
         FSRFError: ``path`` is missing, not a directory, or holds no store.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise FSRFError(f"trial store {p}: no such directory; expected a store (wal/, parts/) "
                         f"or an experiment directory holding {STORE_DIR}/")
