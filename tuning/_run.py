@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class SearchOptions:
     max_failures: int = 2
     multi_objective: bool = False
     resume: bool = False
+    restore_or_start: bool = False
     seed: int = 0
     num_cpus: int | None = None
     address: str | None = None
@@ -64,7 +66,7 @@ def experiment_path(options: SearchOptions) -> Path:
     return Path(options.storage).expanduser().resolve() / options.name
 
 
-RUNTIME_FIELDS = ("name", "storage", "resume", "num_cpus", "address")
+RUNTIME_FIELDS = ("name", "storage", "resume", "restore_or_start", "num_cpus", "address")
 """Options a resumed search takes from its command line; the rest come from the stored state."""
 
 
@@ -76,6 +78,8 @@ def resolve_options(options: SearchOptions) -> SearchOptions:
     """
     exp = experiment_path(options)
     state_file = exp / STATE_FILE
+    if options.restore_or_start:
+        options = replace(options, resume=state_file.is_file())
     if not options.resume:
         if state_file.exists():
             raise FSRFError(f"--name: a search {options.name!r} already exists in {exp}; pass --resume to continue it")
@@ -108,15 +112,65 @@ def _write_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
     atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2, default=str))
 
 
-def _start_ray(options: SearchOptions) -> None:
+def _started_cluster() -> str | None:
+    """The address of a cluster that ``ray start`` started on this machine and that still runs.
+
+    This is how a search submitted with ``ray submit`` finds the cluster of the head it runs on.
+    """
+    try:
+        from ray._private.services import find_bootstrap_address, find_gcs_addresses
+
+        address = find_bootstrap_address(None)
+        return address if address and address in find_gcs_addresses() else None
+    except Exception:  # a private API of Ray's: on any change, fall back to a local Ray
+        return None
+
+
+def _start_ray(options: SearchOptions) -> bool:
+    """Join a cluster (``--address``, ``RAY_ADDRESS``, or one ``ray start`` runs here), else start
+    a local Ray; returns whether it is a local Ray of this process."""
     import ray
 
-    address = options.address or os.environ.get("RAY_ADDRESS")
+    address = options.address or os.environ.get("RAY_ADDRESS") or _started_cluster()
     if address:
+        print(f"fsrf tune: joining the Ray cluster at {address}")
         ray.init(address=address, log_to_driver=True)
-    else:
-        cpus = options.num_cpus or os.cpu_count() or 1
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+        return False
+    cpus = options.num_cpus or os.cpu_count() or 1
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    return True
+
+
+def _check_shared_storage(exp: Path) -> None:
+    """With several nodes, the experiment directory must be the same directory on every node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    marker = exp / f".storage-check-{uuid.uuid4().hex}"
+    marker.write_text("fsrf")
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return os.path.exists(path)
+
+    try:
+        checks = {
+            n["NodeManagerAddress"]: sees.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+            ).remote(str(marker))
+            for n in nodes
+        }
+        blind = [ip for ip, ref in checks.items() if not ray.get(ref, timeout=60)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if blind:
+        raise FSRFError(
+            f"--storage: {exp.parent} is not shared: node(s) {', '.join(sorted(blind))} do not see it; "
+            "give a path every node mounts (NFS)"
+        )
 
 
 def _check_resources(options: SearchOptions, *, local: bool) -> None:
@@ -226,11 +280,16 @@ def run_search(options: SearchOptions) -> Path:
     from tuning._shared_data import to_arrays
     from tuning.trainable import fsrf_trainable
 
-    local = not (options.address or os.environ.get("RAY_ADDRESS"))
-    _start_ray(options)
+    if "://" in options.storage:
+        raise FSRFError(
+            f"--storage: {options.storage}: the Arrow trial store needs a directory every node mounts "
+            "(a local path, or NFS/EFS on a cluster); object-store URIs are not supported yet"
+        )
+    local = _start_ray(options)
     try:
         _check_resources(options, local=local)
         exp.mkdir(parents=True, exist_ok=True)
+        _check_shared_storage(exp)
         if not options.resume:
             _write_state(options, space, exp)
         trainable = tune.with_resources(

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--storage", default=str(Path("~/ray_results").expanduser()),
                        help="experiment root (default: ~/ray_results); the experiment is <storage>/<name>")
     where.add_argument("--resume", action="store_true", help="continue the experiment <storage>/<name>")
+    where.add_argument("--restore-or-start", action="store_true",
+                       help="continue <storage>/<name> if it exists, else start it (re-submittable as is)")
     budget = p.add_argument_group("budget and resources")
     budget.add_argument("--num-samples", type=int, default=16, help="trials in total (default: 16)")
     budget.add_argument("--max-concurrent", type=int, default=2, help="trials running at once (default: 2)")
@@ -73,8 +75,8 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
     space = str(Path(args.space).resolve()) if args.space else ("" if args.resume else str(DEFAULT_SPACE))
     data = str(Path(args.data).resolve()) if args.data else None
     name = args.name or f"{Path(space).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.resume and not args.name:
-        raise FSRFError("--resume needs --name (the experiment to continue)")
+    if (args.resume or args.restore_or_start) and not args.name:
+        raise FSRFError("--resume and --restore-or-start need --name (the experiment to continue)")
     for flag in ("num_samples", "max_concurrent", "checkpoint_every"):
         if getattr(args, flag) < 1:
             raise FSRFError(f"--{flag.replace('_', '-')}: {getattr(args, flag)} must be >= 1")
@@ -85,7 +87,7 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler, sampler=args.sampler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_epochs=args.max_epochs, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
-        multi_objective=args.multi_objective, resume=args.resume, seed=args.seed, num_cpus=args.num_cpus,
+        multi_objective=args.multi_objective, resume=args.resume, restore_or_start=args.restore_or_start, seed=args.seed, num_cpus=args.num_cpus,
         address=args.address, overrides=tuple(args.set),
     )
     if args.smoke_test:  # smoke values replace defaults, never flags given explicitly
