@@ -105,3 +105,33 @@ def test_a_driver_killed_mid_search_on_a_cluster_resumes_to_completion(cluster, 
     results = read_results(exp)
     pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
     assert len(pairs) == len(set(pairs)) == 5 * 3
+
+
+@pytest.mark.slow
+def test_fractional_gpus_pack_two_trials_per_gpu_and_checkpoints_load_on_cpu(tmp_path: Path) -> None:
+    import ray
+    import torch
+    from ray.cluster_utils import Cluster
+
+    from fsrf import load_checkpoint
+
+    c = Cluster(initialize_head=True, connect=False,
+                head_node_args={"num_cpus": 2, "num_gpus": 1, "include_dashboard": False})
+    try:
+        options = SearchOptions(
+            space=str(ROOT / "tuning" / "spaces" / "default.yaml"), name="gpu", storage=str(tmp_path),
+            num_samples=2, max_concurrent=2, scheduler="fifo", max_epochs=2, address=c.address,
+            cpus_per_trial=1, gpus_per_trial=0.5,
+            overrides=("data.synthetic_train=160", "model.hidden=32", "model.heads=2", "missing.valid_rates=[0.0]"),
+        )
+        run_search(options)
+    finally:
+        ray.shutdown()
+        c.shutdown()
+    events = read_events(tmp_path / "gpu").to_pylist()
+    starts = sorted(e["ts"] for e in events if e["event"] == "start")
+    ends = sorted(e["ts"] for e in events if e["event"] == "complete")
+    assert len(starts) == 2 and starts[1] < ends[0]  # both trials held half of the one GPU at once
+    checkpoints = sorted((tmp_path / "gpu").rglob("checkpoint_*/last.pt"))
+    state = load_checkpoint(checkpoints[-1])  # torch.load(weights_only=True, map_location="cpu")
+    assert all(t.device == torch.device("cpu") for t in state["model"].values())

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import ray
 import ray.tune
+import torch
 
 from fsrf import OBJECTIVE, train, with_overrides
 from fsrf._constants import COMPLETE_OBJECTIVE, LAST_CHECKPOINT, VALID, rate_key
@@ -60,7 +62,13 @@ def fsrf_trainable(
     context = ray.tune.get_context()
     resources = context.get_trial_resources().required_resources
     cpus = max(1, int(resources.get("CPU", 1)))
-    device = "cuda" if resources.get("GPU", 0) > 0 and ray.get_gpu_ids() else "cpu"
+    device = "cpu"
+    if resources.get("GPU", 0) > 0 and ray.get_gpu_ids():
+        if torch.cuda.is_available():
+            device = "cuda"  # Ray set CUDA_VISIBLE_DEVICES to the GPU it gave this trial
+        else:
+            warnings.warn(f"trial {context.get_trial_id()}: given a GPU but torch sees no CUDA device; "
+                          "training on the CPU", stacklevel=1)
     config = with_overrides(
         space.to_config(trial_config),
         {**overrides, "train.num_threads": cpus, "train.device": device},
