@@ -131,10 +131,12 @@ def _start_ray(options: SearchOptions) -> bool:
     a local Ray; returns whether it is a local Ray of this process."""
     import ray
 
-    address = options.address or os.environ.get("RAY_ADDRESS") or _started_cluster()
-    if address:
-        print(f"fsrf tune: joining the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=True)
+    address = options.address or os.environ.get("RAY_ADDRESS")
+    found = None if address else _started_cluster()
+    if address or found:
+        print(f"fsrf tune: joining the Ray cluster at {address or found}")
+        # "auto" (not the address spelled out) lets Ray turn its token authentication on by itself
+        ray.init(address=address or "auto", log_to_driver=True)
         return False
     cpus = options.num_cpus or os.cpu_count() or 1
     ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
