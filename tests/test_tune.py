@@ -167,3 +167,27 @@ def test_a_request_no_node_can_hold_fails_at_start(tmp_path: Path, ray_tmp: str)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert "fsrf tune: error: --cpus-per-trial 8 but the largest node has 2 CPUs" in out
+
+
+def test_resuming_with_another_space_is_refused(tmp_path: Path) -> None:
+    import json
+
+    from fsrf import FSRFError
+    from tuning._run import STATE_FILE, SearchOptions, resolve_options
+    from tuning.space import load_space
+
+    default = ROOT / "tuning" / "spaces" / "default.yaml"
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    stored = SearchOptions(space=str(default), name="exp", storage=str(tmp_path))
+    state = {"space_fingerprint": load_space(default).fingerprint(), "options": stored.__dict__}
+    (exp / STATE_FILE).write_text(json.dumps(state))
+    resumed = resolve_options(SearchOptions(space="", name="exp", storage=str(tmp_path), resume=True))
+    assert resumed.space == str(default) and resumed.resume
+    other = ROOT / "tuning" / "spaces" / "mosi.yaml"
+    with pytest.raises(FSRFError, match="is not the space search 'exp' started with"):
+        resolve_options(SearchOptions(space=str(other), name="exp", storage=str(tmp_path), resume=True))
+    with pytest.raises(FSRFError, match="already exists"):
+        resolve_options(SearchOptions(space=str(default), name="exp", storage=str(tmp_path)))
+    assert resolve_options(SearchOptions(space=str(default), name="exp", storage=str(tmp_path),
+                                         restore_or_start=True)).resume
