@@ -2,7 +2,7 @@
 
     python bench/tune_overhead.py
 
-A FIFO search of 8 trials of about 10 s each (the default space's synthetic
+A FIFO search of 16 trials (``--trials``) of about 10 s each (the default space's synthetic
 data, a few epochs per trial) on a local Ray with 2 CPUs and 2 concurrent
 slots. From the trial store:
 
@@ -15,6 +15,7 @@ slots. From the trial store:
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -28,10 +29,14 @@ from _search_runs import base_options, events, results_in_time_order, run_quietl
 
 
 def main() -> None:
-    epochs = 8
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per trial (8: about 10 s here)")
+    args = parser.parse_args()
+    epochs = args.epochs
     with tempfile.TemporaryDirectory() as tmp:
         options = base_options(
-            Path(tmp), "overhead", num_samples=8, max_concurrent=2, scheduler="fifo", max_epochs=epochs,
+            Path(tmp), "overhead", num_samples=args.trials, max_concurrent=2, scheduler="fifo", max_epochs=epochs,
             overrides=("data.synthetic_train=600", "missing.valid_rates=[0.0,0.3,0.6,0.9]"),
         )
         exp, total_wall = run_quietly(options)
@@ -72,6 +77,7 @@ def main() -> None:
         "startup_latency_s_max": round(max(latencies), 3),
         "slot_handover_s_median": round(statistics.median(gaps), 3) if gaps else None,
         "last_result_to_end_event_s_median": round(statistics.median(teardown), 3),
+        "tail_idle_s": round((max(ends) - sorted(ends)[-2]).total_seconds(), 2),
         "target": {"slot_utilisation": ">= 0.9"},
     }, indent=2))
 
