@@ -45,6 +45,7 @@ from the first file only.) A live, not yet compacted WAL segment::
 from __future__ import annotations
 
 import os
+import re
 import types
 import warnings
 from pathlib import Path
@@ -214,38 +215,26 @@ class _StoreHooks:
                      iteration=it if isinstance(it, int) else None, message=message)
 
 
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
+
+
 def error_line(trial: Any) -> str | None:
     """``"ValueError: boom"``: the type and first message line of a trial's last exception.
 
-    Reads the exception Tune pickled into the trial's driver-side directory
-    (unwrapping Ray's ``RayTaskError`` to its cause), else the last line of
-    Tune's ``error.txt``. Never raises; None when Tune recorded nothing.
+    Read from the text of Tune's ``error.txt`` (a traceback; Ray's task errors end
+    with the cause's own ``module.Type: message`` line), never by unpickling
+    Tune's pickled copy. Never raises; None when Tune recorded nothing.
     """
-    exc: Any = None
-    try:
-        from ray import cloudpickle
-
-        local = trial.pickled_error_file
-        if local and os.path.exists(local):
-            with open(local, "rb") as f:
-                exc = cloudpickle.load(f)
-        else:
-            exc = trial.get_pickled_error()
-    except Exception:  # noqa: BLE001 - a message is a nicety; never fail the experiment for it
-        exc = None
-    if isinstance(exc, BaseException):
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, BaseException):
-            exc = cause
-        text = str(exc).strip()
-        first = text.splitlines()[0] if text else ""
-        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
     try:
         local = trial.error_file
         text = Path(local).read_text() if local and os.path.exists(local) else (trial.get_error() or "")
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a message is a nicety; never fail the experiment for it
         return None
-    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure # ")]
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Failure # ")]
+    for line in reversed(lines):
+        match = _EXCEPTION_LINE.match(line)
+        if match:
+            return f"{match.group(1)}: {match.group(2)}".rstrip(": ")
     return lines[-1].strip() if lines else None
 
 
