@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
 
 from fsrf import OBJECTIVE
 from fsrf._constants import COMPLETE_OBJECTIVE
 from fsrf._errors import FSRFError
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
+from tuning._remote import download, is_uri, mirror, resolve, staging_dir
 from tuning.space import SearchSpace, load_space
 
 STATE_FILE = "fsrf_search.json"
@@ -61,9 +65,34 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def experiment_uri(options: SearchOptions) -> str | None:
+    """``<storage>/<name>`` when the storage is an object-store URI, else None."""
+    return f"{options.storage.rstrip('/')}/{options.name}" if is_uri(options.storage) else None
+
+
 def experiment_path(options: SearchOptions) -> Path:
-    """``<storage>/<name>`` as an absolute local path."""
+    """Where our files of ``<storage>/<name>`` live on this machine: the directory itself, or for
+    an object-store URI its local staging mirror (see ``tuning._remote``)."""
+    uri = experiment_uri(options)
+    if uri is not None:
+        return staging_dir(uri)
     return Path(options.storage).expanduser().resolve() / options.name
+
+
+def _fetch_remote_state(options: SearchOptions) -> None:
+    """For a URI, refresh the staging mirror with the experiment's state file and trial store."""
+    uri = experiment_uri(options)
+    if uri is None:
+        return
+    local = experiment_path(options)
+    shutil.rmtree(local, ignore_errors=True)
+    fs, base = resolve(uri)
+    local.mkdir(parents=True)
+    if fs.get_file_info(f"{base}/{STATE_FILE}").type == pafs.FileType.File:
+        with fs.open_input_stream(f"{base}/{STATE_FILE}") as src:
+            (local / STATE_FILE).write_bytes(src.read())
+    if fs.get_file_info(f"{base}/{STORE_DIR}").type == pafs.FileType.Directory:
+        download(f"{uri}/{STORE_DIR}", local / STORE_DIR)
 
 
 RUNTIME_FIELDS = ("name", "storage", "resume", "restore_or_start", "num_cpus", "address")
@@ -245,10 +274,12 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
         ),
         run_config=tune.RunConfig(
             name=options.name,
-            storage_path=str(exp.parent),
+            storage_path=options.storage if is_uri(options.storage) else str(exp.parent),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[ArrowStoreCallback(exp / STORE_DIR, experiment=options.name)],
+            callbacks=[ArrowStoreCallback(exp / STORE_DIR, experiment=options.name,
+                                          mirror_to=f"{experiment_uri(options)}/{STORE_DIR}"
+                                          if is_uri(options.storage) else None)],
             progress_reporter=reporter,
             verbose=1,
         ),
@@ -264,9 +295,11 @@ def run_search(options: SearchOptions) -> Path:
     from fsrf import with_overrides
     from fsrf._yaml import parse_overrides
 
+    _fetch_remote_state(options)
     options = resolve_options(options)
     space = load_space(options.space)
-    exp = experiment_path(options)
+    exp, uri = experiment_path(options), experiment_uri(options)
+    tune_path = uri or str(exp)
     if options.resume:
         _check_space(space, exp)
     overrides = {"train.checkpoint_every": options.checkpoint_every, **parse_overrides(options.overrides)}
@@ -282,26 +315,24 @@ def run_search(options: SearchOptions) -> Path:
     from tuning._shared_data import to_arrays
     from tuning.trainable import fsrf_trainable
 
-    if "://" in options.storage:
-        raise FSRFError(
-            f"--storage: {options.storage}: the Arrow trial store needs a directory every node mounts "
-            "(a local path, or NFS/EFS on a cluster); object-store URIs are not supported yet"
-        )
     local = _start_ray(options)
     try:
         _check_resources(options, local=local)
         exp.mkdir(parents=True, exist_ok=True)
-        _check_shared_storage(exp)
+        if uri is None:
+            _check_shared_storage(exp)  # an object store is reached by every node alike
         if not options.resume:
             _write_state(options, space, exp)
+            if uri is not None:
+                mirror(exp, uri)
         trainable = tune.with_resources(
             tune.with_parameters(fsrf_trainable, space=space, data=to_arrays(dataset), overrides=overrides),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         if options.resume:
-            if not tune.Tuner.can_restore(str(exp)):
-                raise FSRFError(f"--resume: {exp} holds no restorable Tune experiment (tuner.pkl missing)")
-            tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True)
+            if not tune.Tuner.can_restore(tune_path):
+                raise FSRFError(f"--resume: {tune_path} holds no restorable Tune experiment (tuner.pkl missing)")
+            tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True)
         else:
             tuner = _build_tuner(options, space, exp, trainable)
         tuner.fit()
@@ -311,6 +342,9 @@ def run_search(options: SearchOptions) -> Path:
 
     print_summary(exp / STORE_DIR, space, mode=space.mode)
     best = write_best(exp / STORE_DIR, space, overrides=overrides, path=exp / BEST_FILE, experiment=options.name)
+    if uri is not None:
+        mirror(exp, uri)
+        print(f"mirrored the trial store and {BEST_FILE} to {uri}")
     if best is not None:
         print(f"wrote {best}; train it with: fsrf train --config {best} --out runs/{options.name}-best")
     return exp

@@ -46,13 +46,16 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import types
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsrf._constants import FINAL_EPOCH
-from tuning._store_read import STATUS, read_attempts, read_events, read_results, read_trials, store_root
+from tuning import _store_read
+from tuning._remote import MIRROR_PERIOD_S, is_uri, mirror, store_copy
+from tuning._store_read import STATUS, read_attempts, store_root
 from tuning._store_write import (
     BASE_COLUMNS,
     CONFIG_PREFIX,
@@ -77,6 +80,25 @@ __all__ = [
 ]
 
 
+def _reader(name: str):  # noqa: ANN202
+    local = getattr(_store_read, name)
+
+    def read(path: str | os.PathLike[str]) -> Any:
+        if is_uri(path):
+            with store_copy(str(path)) as tmp:
+                return local(tmp)
+        return local(path)
+
+    read.__name__ = read.__qualname__ = name
+    read.__doc__ = (local.__doc__ or "") + "\n    ``path`` may also be an object-store URI (``s3://...``).\n"
+    return read
+
+
+read_results = _reader("read_results")
+read_events = _reader("read_events")
+read_trials = _reader("read_trials")
+
+
 class _StoreHooks:
     """The single writer of a trial store, as a Tune callback in the driver.
 
@@ -99,6 +121,7 @@ class _StoreHooks:
     def __init__(
         self, root: str | os.PathLike[str], *, experiment: str, flush_every: int = 1, fsync: bool = True,
         final_key: str | None = FINAL_EPOCH,
+        mirror_to: str | None = None,
     ) -> None:
         """Configure; the writer opens in :meth:`setup`.
 
@@ -109,12 +132,16 @@ class _StoreHooks:
             fsync: fsync every batch.
             final_key: The result key that is 1.0 in a trial's last epoch; a trial that
                 ends without it is ``pruned``. None: every ended trial is ``complete``.
+            mirror_to: An object-store URI that receives a copy of ``root`` every
+                ``MIRROR_PERIOD_S`` seconds and at the end (see ``tuning._remote``).
         """
         self.root = Path(root)
         self.experiment = experiment
         self.flush_every = flush_every
         self.fsync = fsync
         self.final_key = final_key
+        self.mirror_to = mirror_to
+        self._mirrored = 0.0
         self._writer: TrialStoreWriter | None = None
         self._attempts: dict[str, int] = {}
         self._skipped: set[str] = set()
@@ -178,6 +205,15 @@ class _StoreHooks:
             metrics[key] = value
         writer.result(trial_id=trial.trial_id, attempt=self._attempt(trial.trial_id),
                       iteration=int(result["training_iteration"]), config=trial.config, metrics=metrics)
+        self._maybe_mirror()
+
+    def _maybe_mirror(self, *, now: bool = False) -> None:
+        if self.mirror_to is None or (not now and time.monotonic() - self._mirrored < MIRROR_PERIOD_S):
+            return
+        if self._writer is not None and not self._writer.closed:
+            self._writer.flush()
+        mirror(self.root, self.mirror_to, delete=True)  # the store location holds our files only
+        self._mirrored = time.monotonic()
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """``complete`` if the last result has ``final_key`` == 1.0 (or no key is set), else ``pruned``."""
@@ -206,6 +242,7 @@ class _StoreHooks:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        self._maybe_mirror(now=True)
 
     def _lifecycle(self, trial: Any, event: str, message: str | None = None) -> None:
         writer = self._open()
@@ -213,6 +250,7 @@ class _StoreHooks:
         it = last.get("training_iteration")
         writer.event(trial_id=trial.trial_id, attempt=self._attempt(trial.trial_id), event=event,
                      iteration=it if isinstance(it, int) else None, message=message)
+        self._maybe_mirror()
 
 
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)): ?(.*)$")
