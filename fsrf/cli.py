@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("tune", help="Ray Tune x Optuna search (same arguments as tune.py; see fsrf tune --help)")
+    sub.add_parser("analyze", help="leaderboard, importance and report of a search (see fsrf analyze --help)")
+    sub.add_parser("export", help="a search trial's full training config (see fsrf export --help)")
+    sub.add_parser("final", help="train several seeds, evaluate on test, write the table (see fsrf final --help)")
 
     p = sub.add_parser("train", help="train a model; model selection on validation only")
     p.add_argument("--config", type=Path, default=None, help="config YAML (default: built-in synthetic defaults)")
@@ -114,6 +117,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tuning.cli import main as tune_main
 
         return tune_main(argv[1:])
+    if argv[:1] == ["final"]:  # final multi-seed training (analysis/_final.py; Ray only if used)
+        from analysis._final import main as final_main
+
+        return final_main(argv[1:])
+    if argv[:1] in (["analyze"], ["export"]):  # the trial store's readers (analysis/cli.py)
+        from analysis.cli import main as analysis_main
+
+        return analysis_main(argv)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -1,0 +1,44 @@
+"""``fsrf final``: seeds trained, evaluated on test under both protocols, aggregated as mean ± std."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from fsrf.cli import main
+from tests_support import TINY
+
+
+def _config(tmp_path: Path) -> Path:
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump({**TINY, "train": {**TINY["train"], "epochs": 2}}))
+    return path
+
+
+@pytest.mark.slow
+def test_final_writes_the_published_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "final"
+    code = main(["final", "--config", str(_config(tmp_path)), "--seeds", "1", "2", "--out", str(out),
+                 "--parallel", "serial"])
+    assert code == 0
+    text = (out / "final.md").read_text()
+    assert "± " in text and "| Average |" in text and "| {l,a} |" in text
+    mean = json.loads((out / "robustness_random_mean.json").read_text())["rows"]
+    std = json.loads((out / "robustness_random_std.json").read_text())["rows"]
+    assert list(mean) == [f"{0.1 * i:.1f}" for i in range(10)] + ["Average"]
+    runs = json.loads((out / "runs.json").read_text())
+    maes = [r["random"]["0.3"]["MAE"] for r in runs]
+    assert mean["0.3"]["MAE"] == pytest.approx(sum(maes) / 2)
+    assert std["0.3"]["MAE"] == pytest.approx(abs(maes[0] - maes[1]) / 2 ** 0.5)
+    assert maes[0] != maes[1]  # different seeds, different models
+    assert (out / "seed-1" / "best.pt").is_file() and (out / "seed-2" / "best.pt").is_file()
+    assert list(pd.read_csv(out / "robustness_patterns_mean.csv").iloc[:, 0])[-2:] == ["complete", "Average"]
+
+
+def test_final_refuses_repeated_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["final", "--config", str(_config(tmp_path)), "--seeds", "1", "1", "--out", str(tmp_path / "f")]) == 2
+    assert "--seeds" in capsys.readouterr().err
