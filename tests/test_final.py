@@ -42,3 +42,21 @@ def test_final_writes_the_published_table(tmp_path: Path, capsys: pytest.Capture
 def test_final_refuses_repeated_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["final", "--config", str(_config(tmp_path)), "--seeds", "1", "1", "--out", str(tmp_path / "f")]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_final_runs_seeds_as_ray_tasks(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "RAY_TMPDIR": tempfile.mkdtemp(prefix="ff", dir="/tmp")}
+    env.pop("RAY_ADDRESS", None)
+    out = tmp_path / "final"
+    run = subprocess.run([sys.executable, "-m", "fsrf.cli", "final", "--config", str(_config(tmp_path)),
+                          "--seeds", "3", "4", "--out", str(out), "--parallel", "ray"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Started a local Ray instance" in run.stderr
+    assert [r["seed"] for r in json.loads((out / "runs.json").read_text())] == [3, 4]
