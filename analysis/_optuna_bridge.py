@@ -1,0 +1,158 @@
+"""The Optuna bridge: an experiment's trials as an Optuna study (for ``optuna-dashboard``, importance).
+
+Each trial becomes a :class:`optuna.trial.FrozenTrial` with the parameters the space
+drew for it and their distributions (the ``<name>:off`` switches included; conditional
+params only where they were sampled), the objective per epoch as intermediate values,
+and its state: COMPLETE (value: the last reported objective), PRUNED (value: its last
+objective, as Optuna records a pruned trial), ERROR -> FAIL, RUNNING -> RUNNING.
+Store attributes go to ``user_attrs`` (``trial_id``, ``status``, ``epochs``, ``error``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any
+
+import optuna
+import pyarrow.compute as pc
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+
+from analysis._export import search_space
+from analysis._leaderboard import metric_mode
+from analysis._load import Experiment
+from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE
+from fsrf._errors import FSRFError
+from tuning._space_params import OFF, Param
+from tuning._summary import trial_config
+from tuning.space import SearchSpace
+
+STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "ERROR": TrialState.FAIL,
+          "RUNNING": TrialState.RUNNING}
+
+
+def distribution(param: Param) -> BaseDistribution:
+    """The Optuna distribution :meth:`Param.suggest` draws from."""
+    if param.kind == "choice":
+        return CategoricalDistribution(list(param.choices))
+    if param.kind == "int":
+        return IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+    return FloatDistribution(float(param.low), float(param.high), log=param.log, step=param.step)
+
+
+def trial_params(
+    space: SearchSpace, config: dict[str, Any], where: str
+) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
+    """The Optuna params and distributions of one stored trial config, walked as ``define_by_run`` draws.
+
+    Raises:
+        FSRFError: the config is not one the space can draw (see :meth:`SearchSpace.to_config`).
+    """
+    space.to_config(config)  # validates: unknown keys, missing values, out-of-range values
+    given = {k: v for k, v in config.items() if not (isinstance(v, float) and math.isnan(v))}
+    params: dict[str, Any] = {}
+    dists: dict[str, BaseDistribution] = {}
+    decided: dict[str, Any] = {}
+    for param in space.params:
+        if not param.active(decided):
+            continue
+        if param.has_switch:
+            off = SearchSpace._switch(param, given, where)
+            params[param.switch_name] = off
+            dists[param.switch_name] = CategoricalDistribution([False, True])
+            if off:
+                decided[param.name] = OFF
+                continue
+        value = param.normalize(given[param.name], where)
+        if param.kind != "choice":  # normalize allows a hair of slack; Optuna does not
+            value = type(value)(min(max(value, param.low), param.high))
+        decided[param.name] = params[param.name] = value
+        dists[param.name] = distribution(param)
+    return params, dists
+
+
+def open_storage(storage: str | os.PathLike[str] | None) -> Any:
+    """An Optuna storage: None (in memory), an RDB URL (``sqlite:///study.db``) or a journal file path."""
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    text = str(storage)
+    if "://" in text:
+        try:
+            return optuna.storages.RDBStorage(text)
+        except Exception as err:  # SQLAlchemy's errors are long; keep one line
+            raise FSRFError(f"--to-optuna: cannot open {text} ({str(err).splitlines()[0][:200]})") from None
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        return JournalStorage(JournalFileBackend(os.path.expanduser(text)))
+    except OSError as err:
+        raise FSRFError(f"--to-optuna: cannot open journal file {text} ({err.strerror})") from None
+
+
+def to_optuna(exp: Experiment, storage: str | os.PathLike[str] | None = None, *,
+              space: str | os.PathLike[str] | None = None) -> optuna.Study:
+    """Write the experiment's trials into an Optuna study named after the experiment, and return it.
+
+    A study of that name already in ``storage`` is replaced (it is derived from the store).
+    A search run with ``--multi-objective`` gives a two-objective study
+    (``objective_complete``, ``objective``), as the search's own study was.
+
+    Args:
+        exp: the experiment.
+        storage: ``sqlite:///study.db`` (any RDB URL), a journal file path, or None (in memory).
+        space: a space file to use instead of the experiment's own.
+
+    Raises:
+        FSRFError: no space file, a storage that cannot be opened, or a stored config
+            the space cannot draw (one line).
+    """
+    searched = search_space(exp, space)
+    multi = bool(exp.options.get("multi_objective")) and COMPLETE_OBJECTIVE in exp.metrics
+    keys = [COMPLETE_OBJECTIVE, OBJECTIVE] if multi else [OBJECTIVE]
+    if OBJECTIVE not in exp.metrics:
+        raise FSRFError(f"--to-optuna: experiment {exp.name!r} reports no {OBJECTIVE!r}")
+    mode = metric_mode(exp, OBJECTIVE)
+    direction = "minimize" if mode == "min" else "maximize"
+    store = open_storage(storage)
+    if exp.name in [s.study_name for s in optuna.study.get_all_study_summaries(store)]:
+        optuna.delete_study(study_name=exp.name, storage=store)
+    study = optuna.create_study(storage=store, study_name=exp.name, directions=[direction] * len(keys))
+    study.set_user_attr("fsrf.store", exp.path)
+    study.set_user_attr("fsrf.space", str(searched.source))
+
+    results = exp.results.select(["trial_id", "iteration", *keys])
+    per_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in results.filter(pc.is_valid(results[OBJECTIVE])).to_pylist():
+        per_trial.setdefault(row["trial_id"], []).append(row)
+    trials = []
+    for trial in exp.trials.to_pylist():
+        trial_id, status = trial["trial_id"], trial["status"]
+        params, dists = trial_params(searched, trial_config(trial), f"{exp.name}: trial {trial_id}")
+        rows = [r for r in per_trial.get(trial_id, [])
+                if all(math.isfinite(r[k]) for k in keys if r[k] is not None)]
+        intermediate = {int(r["iteration"]): float(r[OBJECTIVE]) for r in rows if r["iteration"] is not None}
+        last = rows[-1] if rows else None
+        values = None
+        if last is not None and all(last[k] is not None for k in keys):
+            values = [float(last[k]) for k in keys]
+        state = STATES[status]
+        if state == TrialState.COMPLETE and values is None:
+            state = TrialState.FAIL  # finished without a finite objective: Optuna cannot hold it as complete
+        if state not in (TrialState.COMPLETE, TrialState.PRUNED) or (multi and state == TrialState.PRUNED):
+            values = None
+        attrs = {"trial_id": trial_id, "status": status, "epochs": trial["iterations"] or 0}
+        if trial["error"]:
+            attrs["error"] = trial["error"]
+        frozen = optuna.trial.create_trial(
+            state=state, values=values, params=params, distributions=dists, user_attrs=attrs,
+            intermediate_values=intermediate if not multi else None,
+        )
+        if state == TrialState.RUNNING:
+            frozen.datetime_complete = None
+        trials.append(frozen)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.add_trials(trials)
+    return study

@@ -1,0 +1,229 @@
+"""The HTML report of one or more searches: ``index.html`` with PNG figures and CSV tables beside it.
+
+``index.html`` opens from disk with no server or network: it links only to files in
+its own directory (the figures, ``leaderboard.csv``, ``importance.csv``), and its
+style is inline. Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from analysis import _figures as fig
+from analysis._importance import EVALUATORS, importance_table, study_from_tables
+from analysis._leaderboard import check_metric, error_messages, leaderboard, metric_mode, status_counts
+from analysis._load import Experiment, load_experiment
+from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, direction, rate_key, robust_key
+from fsrf._errors import FSRFError
+from fsrf._yaml import atomic_write_text
+
+INDEX = "index.html"
+LEADERBOARD_CSV = "leaderboard.csv"
+IMPORTANCE_CSV = "importance.csv"
+MAX_AXES = 8
+"""Parameters on the parallel-coordinates plot (the most important ones)."""
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
+max-width:1100px;color:#222;padding:0 1em}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
+td:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
+.note{color:#666;font-size:.9em}code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+def _slug(name: str, index: int) -> str:
+    return f"{index + 1}-" + (re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "experiment")[:60]
+
+
+def base_metric(exp: Experiment, metric: str) -> str:
+    """The MMSA metric behind ``metric`` (``MAE`` for ``objective`` of a MAE search)."""
+    if "/" in metric:
+        return metric.rsplit("/", 1)[-1]
+    robust = [m for m in exp.metrics if m.startswith("valid/robust/")]
+    results = exp.results
+    if OBJECTIVE in results.column_names:
+        import pyarrow.compute as pc
+
+        for name in robust:
+            both = results.select([OBJECTIVE, name]).drop_null()
+            if both.num_rows and pc.max(pc.abs(pc.subtract(both[OBJECTIVE], both[name]))).as_py() <= 1e-9:
+                return name.rsplit("/", 1)[-1]
+    return robust[0].rsplit("/", 1)[-1] if robust else "MAE"
+
+
+def _study(exp: Experiment, mode: str) -> Any:
+    """The study rebuilt from the store (its space's distributions); the observed values without a space."""
+    from analysis._optuna_bridge import to_optuna
+
+    try:
+        return to_optuna(exp)
+    except FSRFError:
+        return study_from_tables(exp.trials.to_pandas(), name=exp.name, mode=mode,
+                                 results=exp.results.to_pandas())
+
+
+def _log_params(study: Any) -> list[str]:
+    logs = set()
+    for trial in study.get_trials(deepcopy=False):
+        for name, dist in trial.distributions.items():
+            if getattr(dist, "log", False):
+                logs.add(name)
+    return sorted(logs)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return '<p class="note">(none)</p>'
+    columns = list(columns or rows[0].keys())
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(rows, columns=list(columns)) if rows else pd.DataFrame(columns=list(columns))
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, mode: str | None,
+                        top: int) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    check_metric(exp, metric)
+    mode = mode or metric_mode(exp, metric)
+    if mode not in ("min", "max"):
+        raise FSRFError(f"--mode: {mode!r} is not min or max")
+    slug = _slug(exp.name, index)
+    board = leaderboard(exp, metric=metric, mode=mode, top=top)
+    study = _study(exp, metric_mode(exp, OBJECTIVE) if OBJECTIVE in exp.metrics else mode)
+    imp = importance_table(study)
+    logs = _log_params(study)
+
+    results = exp.results.to_pandas()
+    best = fig.best_rows(results, metric=metric, mode=mode)
+    top_ids = [r["trial_id"] for r in board if r["value"] is not None]
+    top_best = best[best["trial_id"].isin(top_ids)]
+    base = base_metric(exp, metric)
+    base_mode = direction(base)
+    complete = COMPLETE_OBJECTIVE if COMPLETE_OBJECTIVE in exp.metrics else rate_key("valid", 0.0, base)
+    robust = OBJECTIVE if OBJECTIVE in exp.metrics else robust_key("valid", base)
+    ranked = [r["param"] for r in imp if all(r.get(e) is not None for e in EVALUATORS[:1])]
+    searched = [p[len("config."):] for p in exp.config_columns
+                if not p.endswith(":off") and results[p].nunique(dropna=True) > 1] if len(results) else []
+    slices = [p for p in ranked if p in searched] + [p for p in searched if p not in ranked]
+    axes = slices[:MAX_AXES]
+    figures = [
+        ("Learning curves", fig.learning_curves(
+            results, top_ids, out / f"{slug}-learning.png", metric=metric,
+            title=f"{exp.name}: {metric} per epoch, top {len(top_ids)} trials")),
+        ("Robustness curves", fig.robustness_curves(
+            top_best, out / f"{slug}-robustness.png", metric=base, split="valid",
+            title=f"{exp.name}: {base} vs validation missing rate (top {len(top_best)}, best epoch)")),
+        ("Pareto front: complete vs robust", fig.pareto_front(
+            fig.best_rows(results, metric=robust, mode=base_mode) if robust in results.columns else best,
+            out / f"{slug}-pareto.png", complete=complete, robust=robust, mode=base_mode,
+            title=f"{exp.name}: complete vs robust {base}")),
+        ("Parameter slices", fig.param_slices(
+            best, slices, out / f"{slug}-slices.png", metric=metric, log_params=logs,
+            title=f"{exp.name}: {metric} against each parameter")),
+        ("Parallel coordinates", fig.parallel_coordinates(
+            best, axes, out / f"{slug}-parallel.png", metric=metric, mode=mode, log_params=logs,
+            title=f"{exp.name}: parallel coordinates ({len(axes)} most important parameters)")),
+    ]
+    counts = status_counts(exp)
+    errors = error_messages(exp)
+    parts = [f'<h2 id="{html.escape(slug)}">{html.escape(exp.name)}</h2>',
+             f'<p class="note">store: <code>{html.escape(exp.path)}</code> · trials: '
+             + html.escape(", ".join(f"{n} {s.lower()}" for s, n in counts.items())) + "</p>",
+             f"<h3>Leaderboard: top {len(board)} by {html.escape(metric)} ({mode}, best over epochs)</h3>",
+             _table(board),
+             "<h3>Parameter importance (fANOVA, PED-ANOVA; normalised to sum 1)</h3>", _table(imp)]
+    if errors:
+        parts += ["<h3>Errors</h3>", _table([{"trial_id": t, "error": m} for t, m in errors.items()])]
+    for caption, path in figures:
+        name = html.escape(path.name)
+        parts.append(f'<h3>{html.escape(caption)}</h3><img src="{name}" alt="{html.escape(caption)}">')
+    lb_rows = [{"experiment": exp.name, **r} for r in board]
+    imp_rows = [{"experiment": exp.name, **r} for r in imp]
+    return "\n".join(parts), lb_rows, imp_rows
+
+
+def write_report(exps: Experiment | str | os.PathLike[str] | Sequence[Experiment | str | os.PathLike[str]],
+                 out_dir: str | os.PathLike[str], *, metric: str = OBJECTIVE, mode: str | None = None,
+                 top: int = 10) -> Path:
+    """Write ``out_dir/index.html`` with the figures (PNG) and tables (CSV) of each experiment.
+
+    Args:
+        exps: one or several experiments (loaded, or paths/URIs to load).
+        out_dir: the report directory (created).
+        metric: the ranking metric (``objective``, ``valid/robust/MAE``, ...).
+        mode: ``min`` or ``max``; None: the metric's direction (the search's for the objective).
+        top: trials in the leaderboard, learning and robustness curves.
+
+    Returns:
+        The path of ``index.html``.
+
+    Raises:
+        FSRFError: an unknown metric or mode, no experiment, an unwritable directory (one line).
+    """
+    if isinstance(exps, (Experiment, str, os.PathLike)):
+        exps = [exps]
+    loaded = [e if isinstance(e, Experiment) else load_experiment(e) for e in exps]
+    if not loaded:
+        raise FSRFError("report: no experiment given; expected one or more experiment directories")
+    if top < 1:
+        raise FSRFError(f"--top: {top} is not a positive number of trials")
+    out = Path(out_dir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise FSRFError(f"--report: cannot create {out} ({err.strerror})") from None
+    sections, lb_rows, imp_rows = [], [], []
+    for i, exp in enumerate(loaded):
+        section, lb, imp = _experiment_section(exp, i, out, metric=metric, mode=mode, top=top)
+        sections.append(section)
+        lb_rows += lb
+        imp_rows += imp
+    lb_cols: list[str] = []
+    for r in lb_rows:
+        lb_cols += [k for k in r if k not in lb_cols]
+    _csv(lb_rows, out / LEADERBOARD_CSV,
+         lb_cols or ["experiment", "rank", "trial_id", "status", "epochs", "value"])
+    imp_cols: list[str] = []
+    for r in imp_rows:
+        imp_cols += [k for k in r if k not in imp_cols]
+    _csv(imp_rows, out / IMPORTANCE_CSV, imp_cols or ["experiment", "param", *EVALUATORS, "rank"])
+    names = ", ".join(e.name for e in loaded)
+    toc = " · ".join(f'<a href="#{html.escape(_slug(e.name, i))}">{html.escape(e.name)}</a>'
+                     for i, e in enumerate(loaded))
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>fsrf search report: {html.escape(names)}</title>
+<style>{_STYLE}</style></head><body>
+<h1>Search report: {html.escape(names)}</h1>
+<p>Ranked by <code>{html.escape(metric)}</code>.
+Tables as CSV: <a href="{LEADERBOARD_CSV}">{LEADERBOARD_CSV}</a>,
+<a href="{IMPORTANCE_CSV}">{IMPORTANCE_CSV}</a>. Experiments: {toc}</p>
+{"".join(sections)}
+</body></html>
+"""
+    index = out / INDEX
+    atomic_write_text(index, page)
+    return index
