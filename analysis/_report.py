@@ -113,7 +113,13 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
         raise FSRFError(f"--mode: {mode!r} is not min or max")
     slug = _slug(exp.name, index)
     board = leaderboard(exp, metric=metric, mode=mode, top=top)
-    study = _study(exp, metric_mode(exp, OBJECTIVE) if OBJECTIVE in exp.metrics else mode)
+    study_mode = mode
+    if metric != OBJECTIVE and OBJECTIVE in exp.metrics:
+        try:
+            study_mode = metric_mode(exp, OBJECTIVE)
+        except FSRFError:  # the objective's direction is unknown: rank it like the chosen metric
+            study_mode = mode
+    study = _study(exp, study_mode)
     imp = importance_table(study)
     logs = _log_params(study)
 
