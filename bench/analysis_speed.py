@@ -1,6 +1,6 @@
 """Loading, ranking, importance and report times of the analysis, against Ray's own loader; prints JSON.
 
-    python bench/analysis_speed.py [--ray-trials 200]
+    python bench/analysis_speed.py [--ray-trials 400]
 
 Part 1: a store of 10,000 trials x 30 results (5 Parquet parts in the store's own format, built
 with bench/store.py's builder): time to load it and rank the trials (``load_experiment`` +
@@ -93,7 +93,7 @@ def part_two(tmp: Path, n_trials: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ray-trials", type=int, default=200)
+    parser.add_argument("--ray-trials", type=int, default=400)
     args = parser.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with tempfile.TemporaryDirectory() as tmp:
