@@ -68,8 +68,15 @@ LOWER_IS_BETTER: Final[frozenset[str]] = frozenset({"MAE"})
 
 
 def direction(metric: str) -> str:
-    """Return ``"min"`` or ``"max"`` for an MMSA metric name or a full metric key."""
+    """Return ``"min"`` or ``"max"`` for an MMSA metric name or a full metric key.
+
+    Raises:
+        ValueError: for ``objective``/``objective_complete``, whose direction is that of the
+            run's ``train.select_metric`` (or the search space's objective), not a fixed one.
+    """
     name = metric.rsplit("/", 1)[-1]
+    if name in ("objective", "objective_complete"):
+        raise ValueError(f"the direction of {name!r} is that of the selection metric it stands for")
     return "min" if name in LOWER_IS_BETTER or name.startswith("loss") else "max"
 
 

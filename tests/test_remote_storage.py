@@ -60,6 +60,11 @@ def test_search_with_s3_storage_stores_trials_and_resumes_on_a_new_head(s3_endpo
     with fs.open_input_stream(f"{base}/best.yaml") as src:
         (tmp_path / "best.yaml").write_bytes(src.read())
     assert load_config(tmp_path / "best.yaml").train.epochs == 2
+    from analysis import load_experiment
+    from analysis._leaderboard import leaderboard
+
+    board = leaderboard(load_experiment(f"{uri}/s3exp"), metric="objective", top=4)  # `fsrf analyze s3://...`
+    assert len(board) == 4 and board[0]["value"] <= board[-1]["value"]
     # a new head: no local staging at all; --resume finds the experiment in the bucket
     shutil.rmtree(home, ignore_errors=True)
     again = _tune(["--storage", uri, "--name", "s3exp", "--resume"], env)
