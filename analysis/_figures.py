@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fsrf._constants import EPOCH, EVAL_RATES, rate_key
 from fsrf._errors import FSRFError
+from fsrf._yaml import atomic_write
 
 DPI = 120
 CONFIG = "config."
@@ -35,19 +35,10 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
     """Save ``fig`` as PNG beside ``path`` under a temporary name, then rename it into place."""
     plt = _plt()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            if fig.get_layout_engine() is None:
-                fig.tight_layout()
-            fig.savefig(handle, format="png", dpi=DPI)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        if fig.get_layout_engine() is None:
+            fig.tight_layout()
+        atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=DPI))
     finally:
         plt.close(fig)
     return path

@@ -9,7 +9,6 @@ states, the best-so-far record, the early-stopping counter and the history.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 
 from fsrf._config import Config, config_from_dict
 from fsrf._errors import FSRFError
+from fsrf._yaml import atomic_write
 
 FORMAT = "fsrf-checkpoint"
 VERSION = 1
@@ -25,15 +25,7 @@ VERSION = 1
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike[str]) -> Path:
     """Write ``state`` to a temporary file beside ``path`` and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: torch.save({"format": FORMAT, "version": VERSION, **state}, handle))
     return path
 
 
