@@ -184,9 +184,10 @@ def error_messages(exp: Experiment) -> dict[str, str]:
     return {r["trial_id"]: r["error"] or "" for r in rows if r["status"] == STATUS["error"]}
 
 
-def _cell(value: Any) -> str:
+def format_cell(value: Any, *, missing: str = "-") -> str:
+    """A table cell: floats to 4 significant digits, None/NaN as ``missing``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
+        return missing
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
@@ -206,7 +207,7 @@ def render_leaderboard(
     base = ["rank", "trial_id", "status", "epochs", "value"]
     params = [k for k in (rows[0] if rows else {}) if k not in base]
     header = ["rank", "trial", "status", "epochs", metric, *params]
-    table = [header] + [[_cell(r[k]) for k in (*base, *params)] for r in rows]
+    table = [header] + [[format_cell(r[k]) for k in (*base, *params)] for r in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     if width is not None:
         keep, used = 0, 0

@@ -8,7 +8,6 @@ style is inline. Every file is written atomically (temporary file, then rename).
 from __future__ import annotations
 
 import html
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -17,7 +16,14 @@ from typing import Any
 
 from analysis import _figures as fig
 from analysis._importance import EVALUATORS, importance_table, study_from_tables
-from analysis._leaderboard import check_metric, error_messages, leaderboard, metric_mode, status_counts
+from analysis._leaderboard import (
+    check_metric,
+    error_messages,
+    format_cell,
+    leaderboard,
+    metric_mode,
+    status_counts,
+)
 from analysis._load import Experiment, load_experiment
 from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, direction, rate_key, robust_key
 from fsrf._errors import FSRFError
@@ -80,20 +86,12 @@ def _log_params(study: Any) -> list[str]:
     return sorted(logs)
 
 
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return '<p class="note">(none)</p>'
     columns = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(r.get(c), missing='–'))}</td>" for c in columns) + "</tr>"
                    for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
