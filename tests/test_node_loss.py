@@ -101,7 +101,8 @@ def test_a_driver_killed_mid_search_on_a_cluster_resumes_to_completion(cluster, 
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = read_trials(exp)
-    assert trials.num_rows == 5 and set(trials.column("status").to_pylist()) == {"COMPLETE"}
+    errors = [e for e in trials.column("error").to_pylist() if e]
+    assert trials.num_rows == 5 and set(trials.column("status").to_pylist()) == {"COMPLETE"}, errors
     results = read_results(exp)
     pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
     assert len(pairs) == len(set(pairs)) == 5 * 3

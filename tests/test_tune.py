@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -191,3 +192,71 @@ def test_resuming_with_another_space_is_refused(tmp_path: Path) -> None:
         resolve_options(SearchOptions(space=str(default), name="exp", storage=str(tmp_path)))
     assert resolve_options(SearchOptions(space=str(default), name="exp", storage=str(tmp_path),
                                          restore_or_start=True)).resume
+
+
+def test_a_checkpoint_that_is_gone_or_torn_restarts_the_trial_instead_of_failing_it(tmp_path: Path) -> None:
+    import ray.tune
+    import torch
+
+    from fsrf._checkpoint import save_checkpoint
+    from fsrf._constants import LAST_CHECKPOINT
+    from tuning.trainable import _resume_file
+
+    good = tmp_path / "checkpoint_000001"
+    good.mkdir()
+    save_checkpoint({"config": {}, "model": {"w": torch.zeros(2)}, "epoch": 1}, good / LAST_CHECKPOINT)
+    out = tmp_path / "out"
+    out.mkdir()
+    resumed = _resume_file(ray.tune.Checkpoint.from_directory(good), out, "t1")
+    assert resumed == out / "resume.pt" and torch.load(resumed, weights_only=True)["epoch"] == 1
+
+    torn = tmp_path / "checkpoint_000002"
+    torn.mkdir()
+    (torn / LAST_CHECKPOINT).write_bytes((good / LAST_CHECKPOINT).read_bytes()[:100])
+    with pytest.warns(UserWarning, match="t1: checkpoint .*checkpoint_000002 cannot be read .*again from epoch 1"):
+        assert _resume_file(ray.tune.Checkpoint.from_directory(torn), out, "t1") is None
+    assert not (out / "resume.pt").exists()
+
+    gone = ray.tune.Checkpoint(path=str(tmp_path / "checkpoint_000003"))  # deleted by Tune's num_to_keep
+    with pytest.warns(UserWarning, match="checkpoint_000003 cannot be read"):
+        assert _resume_file(gone, out, "t1") is None
+
+
+@pytest.mark.slow
+def test_a_resume_whose_recorded_checkpoints_are_gone_trains_those_trials_again(tmp_path: Path, ray_tmp: str) -> None:
+    # Tune deletes a trial's old checkpoints (num_to_keep) before its next snapshot reaches storage, so a
+    # driver killed in between is restored pointing at deleted checkpoints. Here a Ctrl-C stops the search
+    # with a consistent snapshot, and the checkpoints of its running trials are deleted behind its back.
+    env = _ray_env(ray_tmp)
+    args = ["--smoke-test", "--num-samples", "4", "--max-epochs", "3", "--scheduler", "fifo",
+            "--storage", str(tmp_path), "--name", "gone"]
+    proc = _tune(args, env)
+    exp = tmp_path / "gone"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # until a trial is mid-way, with a checkpoint behind it
+        assert proc.poll() is None
+        try:
+            trials = read_trials(exp).to_pylist()
+        except Exception:  # the store does not exist yet
+            trials = []
+        if any(t["status"] == "RUNNING" and t["iterations"] in (1, 2) for t in trials):
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    interrupted, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "--name gone" in interrupted and "--resume" in interrupted, interrupted[-3000:]
+    running = [t["trial_id"] for t in read_trials(exp).to_pylist() if t["status"] == "RUNNING"]
+    gone = [d for trial_id in running for d in (exp / f"trial_{trial_id}").glob("checkpoint_*")]
+    assert gone, interrupted[-3000:]
+    for directory in gone:
+        shutil.rmtree(directory)
+    resumed = _tune(["--name", "gone", "--storage", str(tmp_path), "--resume"], env)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out[-3000:]
+    assert "is gone; restarting from epoch 1" in out, out[-3000:]
+    trials = read_trials(exp)
+    assert trials.num_rows == 4 and set(trials.column("status").to_pylist()) == {"COMPLETE"}
+    results = read_results(exp)
+    pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
+    assert sorted(pairs) == sorted((t, i) for t in trials.column("trial_id").to_pylist() for i in (1, 2, 3))
+    assert results.column("iteration").to_pylist() == [int(e) for e in results.column("epoch").to_pylist()]

@@ -228,6 +228,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
     from ray.tune import CLIReporter
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from tuning._lost_checkpoints import LostCheckpointGuard
     from tuning._searcher import PruneAwareOptunaSearch
     from tuning.store import ArrowStoreCallback
 
@@ -277,19 +278,27 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
             storage_path=options.storage if is_uri(options.storage) else str(exp.parent),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[ArrowStoreCallback(exp / STORE_DIR, experiment=options.name,
-                                          mirror_to=f"{experiment_uri(options)}/{STORE_DIR}"
-                                          if is_uri(options.storage) else None)],
+            callbacks=[
+                LostCheckpointGuard(),
+                ArrowStoreCallback(exp / STORE_DIR, experiment=options.name,
+                                   mirror_to=f"{experiment_uri(options)}/{STORE_DIR}"
+                                   if is_uri(options.storage) else None),
+            ],
             progress_reporter=reporter,
             verbose=1,
         ),
     )
 
 
+class SearchStopped(FSRFError):
+    """The search was stopped (Ctrl-C) before every trial finished; ``--resume`` continues it."""
+
+
 def run_search(options: SearchOptions) -> Path:
     """Run (or resume) a search; returns the experiment directory.
 
     Raises:
+        SearchStopped: a Ctrl-C stopped it; the summary and best config so far were written.
         FSRFError: a bad space, data file, resource request or experiment name.
     """
     from fsrf import with_overrides
@@ -340,11 +349,15 @@ def run_search(options: SearchOptions) -> Path:
         ray.shutdown()
     from tuning._summary import print_summary, write_best
 
-    print_summary(exp / STORE_DIR, space, mode=space.mode)
+    counts = print_summary(exp / STORE_DIR, space, mode=space.mode)
+    stopped = counts.get("RUNNING", 0)  # Ctrl-C: Tune saved the experiment and stopped its trials
     best = write_best(exp / STORE_DIR, space, overrides=overrides, path=exp / BEST_FILE, experiment=options.name)
     if uri is not None:
         mirror(exp, uri)
         print(f"mirrored the trial store and {BEST_FILE} to {uri}")
     if best is not None:
         print(f"wrote {best}; train it with: fsrf train --config {best} --out runs/{options.name}-best")
+    if stopped:
+        raise SearchStopped(f"the search stopped with {stopped} trial(s) unfinished; continue it with: "
+                            f"python tune.py --name {options.name} --storage {options.storage} --resume")
     return exp

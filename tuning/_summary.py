@@ -41,8 +41,8 @@ def trial_config(trial: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def print_summary(store: Path, space: SearchSpace, *, mode: str, top: int = 10) -> None:
-    """Print the top trials: objective, key parameters, epochs run, status; and the status counts."""
+def print_summary(store: Path, space: SearchSpace, *, mode: str, top: int = 10) -> dict[str, int]:
+    """Print the top trials: objective, key parameters, epochs run, status; returns the status counts."""
     trials = ranked_trials(store, mode=mode)
     columns = list(space.key_columns())
     header = ["rank", "trial", "status", "epochs", "objective", *(c.split(".", 1)[1] for c in columns)]
@@ -62,6 +62,7 @@ def print_summary(store: Path, space: SearchSpace, *, mode: str, top: int = 10) 
     for trial in trials:
         counts[trial["status"]] = counts.get(trial["status"], 0) + 1
     print("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())))
+    return counts
 
 
 def _short(value: Any) -> str:

@@ -8,7 +8,8 @@
 
 Without ``RAY_ADDRESS`` or ``--address`` a local Ray is started on this machine
 (``--num-cpus``, dashboard off, token authentication on); with one, the search
-joins that cluster. Bad input prints one line ``fsrf tune: error: ...`` and exits 2.
+joins that cluster. Bad input prints one line ``fsrf tune: error: ...`` and exits 2; a search
+stopped by Ctrl-C says how to continue it and exits 130.
 """
 
 from __future__ import annotations
@@ -103,9 +104,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments and run the search; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        from tuning._run import run_search
+        from tuning._run import SearchStopped, run_search
 
         run_search(options_from_args(args))
+    except SearchStopped as stop:
+        print(f"fsrf tune: {stop}", file=sys.stderr)
+        return 130
     except FSRFError as err:
         print(f"fsrf tune: error: {err}", file=sys.stderr)
         return 2

@@ -19,8 +19,8 @@ import ray
 import ray.tune
 import torch
 
-from fsrf import OBJECTIVE, train, with_overrides
-from fsrf._constants import COMPLETE_OBJECTIVE, LAST_CHECKPOINT, VALID, rate_key
+from fsrf import OBJECTIVE, FSRFError, load_checkpoint, train, with_overrides
+from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
 from tuning._shared_data import from_arrays
 from tuning.space import SearchSpace
 
@@ -32,6 +32,8 @@ def _reporter(select_metric: str, complete: bool) -> Callable[[dict[str, float],
 
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
         metrics = dict(metrics)
+        # Tune's iteration is the epoch, also after a restart from scratch (see _resume_file).
+        metrics["training_iteration"] = int(metrics[EPOCH])
         if complete:
             metrics[COMPLETE_OBJECTIVE] = metrics[complete_key]
         if checkpoint is None:
@@ -78,13 +80,32 @@ def fsrf_trainable(
     report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates)
     checkpoint = ray.tune.get_checkpoint()
     with tempfile.TemporaryDirectory(prefix="fsrf-trial-") as out:
-        if checkpoint is None:
-            train(config, dataset=dataset, out_dir=out, report=report, tensorboard=False)
-            return
-        with checkpoint.as_directory() as restored:
-            resume = Path(out) / "resume.pt"
-            shutil.copy2(Path(restored) / CHECKPOINT_FILE, resume)
+        resume = None if checkpoint is None else _resume_file(checkpoint, Path(out), context.get_trial_id())
         train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+
+
+def _resume_file(checkpoint: ray.tune.Checkpoint, out: Path, trial_id: str) -> Path | None:
+    """Copy the checkpoint Tune restores from into ``out``; None (start over) if it is gone or torn.
+
+    Tune deletes a trial's older checkpoints (``num_to_keep``) before its next
+    experiment snapshot reaches storage, so a driver killed in that window is
+    restored pointing at a checkpoint that no longer exists; a worker killed
+    while persisting one leaves it torn. Training that trial again from epoch 1
+    is correct (results carry the epoch as their iteration, so the store keeps
+    one row per epoch), where failing would turn a resumable trial into an error.
+    """
+    resume = out / "resume.pt"
+    try:
+        with checkpoint.as_directory() as restored:
+            shutil.copy2(Path(restored) / CHECKPOINT_FILE, resume)
+        load_checkpoint(resume)
+    except (OSError, FSRFError) as err:
+        warnings.warn(f"trial {trial_id}: checkpoint {checkpoint.path} cannot be read "
+                      f"({str(err).splitlines()[0][:200]}); training this trial again from epoch 1",
+                      stacklevel=2)
+        resume.unlink(missing_ok=True)
+        return None
+    return resume
 
 
 __all__ = ["fsrf_trainable", "OBJECTIVE", "COMPLETE_OBJECTIVE"]
