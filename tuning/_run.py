@@ -351,10 +351,10 @@ def run_search(options: SearchOptions) -> Path:
 
     counts = print_summary(exp / STORE_DIR, space, mode=space.mode)
     stopped = counts.get("RUNNING", 0)  # Ctrl-C: Tune saved the experiment and stopped its trials
-    if not stopped and sum(counts.values()) < options.num_samples:  # Tune restored a mixed snapshot
+    if not stopped and sum(counts.values()) < options.num_samples:  # seen once after a SIGKILLed driver
         print(f"fsrf tune: warning: the experiment holds {sum(counts.values())} of {options.num_samples} "
-              "trials (Tune restored a search state newer than its trial list; the driver died while "
-              "saving them); the store's events keep the discarded trials' rows")
+              "trials: Tune drew no more after the resume (trials a killed driver had started but not "
+              "saved are marked discarded; their rows stay in the store's events)")
     best = write_best(exp / STORE_DIR, space, overrides=overrides, path=exp / BEST_FILE, experiment=options.name)
     if uri is not None:
         mirror(exp, uri)
