@@ -85,14 +85,14 @@ def fsrf_trainable(
 
 
 def _resume_file(checkpoint: ray.tune.Checkpoint, out: Path, trial_id: str) -> Path | None:
-    """Copy the checkpoint Tune restores from into ``out``; None (start over) if it is gone or torn.
+    """Copy the checkpoint Tune restores from into ``out``; None (start over) if it is torn.
 
-    Tune deletes a trial's older checkpoints (``num_to_keep``) before its next
-    experiment snapshot reaches storage, so a driver killed in that window is
-    restored pointing at a checkpoint that no longer exists; a worker killed
-    while persisting one leaves it torn. Training that trial again from epoch 1
-    is correct (results carry the epoch as their iteration, so the store keeps
-    one row per epoch), where failing would turn a resumable trial into an error.
+    A checkpoint directory that is gone altogether never gets here (Tune refuses
+    it before the trainable runs; ``tuning._lost_checkpoints`` handles that case).
+    One whose ``last.pt`` is missing or unreadable (a worker killed while
+    persisting it) is: training the trial again from epoch 1 is correct (results
+    carry the epoch as their iteration, so the store keeps one row per epoch),
+    where failing would turn a resumable trial into an error.
     """
     resume = out / "resume.pt"
     try:
