@@ -73,7 +73,7 @@ def step_flops(ctx: EpochContext) -> float:
     valid = {m: v.repeat(ctx.views, 1).to(ctx.device) for m, v in batch.valid.items()}
     counter = FlopCounterMode(display=False)
     with counter, isolated_rng(draw_seed(gen), ctx.device):
-        out = model(x, valid, recon=True, noise_pred=True)
+        out = model(x, valid, recon=True)
         total, _ = fsrf_loss([o.float() for o in out.chunk(ctx.views)], batch.labels.to(ctx.device), cfg.loss)
         total.backward()
     model.zero_grad(set_to_none=True)

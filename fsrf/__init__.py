@@ -27,6 +27,7 @@ from fsrf._constants import EVAL_RATES, MISSING_PATTERNS, MODALITIES, OBJECTIVE
 from fsrf._errors import FSRFError, NonFiniteLossError
 from fsrf._yaml import dump_config, load_config, save_config
 from fsrf._checkpoint import load_checkpoint
+from fsrf._run_data import load_dataset
 from fsrf.model import FSRF, FSRFOutput
 from fsrf.train import Report, TrainResult, train
 
@@ -48,6 +49,7 @@ __all__ = [
     "OptimConfig",
     "Report",
     "TrainConfig",
+    "load_dataset",
     "TrainResult",
     "config_from_dict",
     "config_to_dict",

@@ -23,6 +23,8 @@ from fsrf.curriculum import CURRICULA, BaseCurriculum, build_curriculum
 DATASETS = ("synthetic", "mosi", "mosei", "sims")
 CURRICULUM_KINDS = ("constant", "linear", "step", "cosine", "exponential", "adaptive")
 SIMULATOR_NAMES = ("random", "modality", "mixed")
+SYNTHETIC_KINDS = ("basic", "recovery")
+SYNTHETIC_LABELS = ("shared", "specific")
 
 
 def _check(ok: bool, key: str, message: str) -> None:
@@ -54,9 +56,18 @@ class DataConfig:
     synthetic_train: int = 600
     synthetic_valid: int = 150
     synthetic_test: int = 150
+    synthetic_kind: str = "basic"
+    synthetic_label: str = "shared"
+    synthetic_label_noise: float = 0.6
+    synthetic_latent: int = 4
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "dataset", DATASETS)
+        _one_of(self.synthetic_kind, "synthetic_kind", SYNTHETIC_KINDS)
+        _one_of(self.synthetic_label, "synthetic_label", SYNTHETIC_LABELS)
+        _check(self.synthetic_label_noise >= 0, "synthetic_label_noise",
+               f"{self.synthetic_label_noise} must be >= 0")
+        _check(self.synthetic_latent >= 1, "synthetic_latent", f"{self.synthetic_latent} must be >= 1")
         for m in MODALITIES:
             for kind in ("dim", "len"):
                 key = f"{m}_{kind}"
@@ -84,9 +95,12 @@ class ModelConfig:
     ff_mult: int = 2
     dropout: float = 0.1
     downsample: int = 1
+    recovery: bool = True
+    recover_below: float = 0.2
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be >= 1")
+        _unit(self.recover_below, "recover_below")
         _check(self.heads >= 1, "heads", f"{self.heads} must be >= 1")
         _check(
             self.hidden % self.heads == 0,
@@ -106,10 +120,11 @@ class LossConfig:
     homo: float = 0.8
     diff: float = 0.3
     recon: float = 1.0
-    noise: float = 0.1
+    noise: float = 1.0
+    recover: float = 1.0
     distill: float = 1.0
     align: float = 0.5
-    align_kind: str = "cmd"
+    align_kind: str = "mmd"
     cmd_order: int = 5
 
     def __post_init__(self) -> None:
@@ -123,7 +138,7 @@ class LossConfig:
     @staticmethod
     def weight_names() -> tuple[str, ...]:
         """The auxiliary terms' weight fields (the task term has weight 1)."""
-        return ("homo", "diff", "recon", "noise", "distill", "align")
+        return ("homo", "diff", "recon", "noise", "recover", "distill", "align")
 
 
 @dataclass(frozen=True)

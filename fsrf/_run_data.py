@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from fsrf._config import DataConfig
 from fsrf._constants import MODALITIES
 from fsrf._errors import FSRFError
-from fsrf.data import MultimodalDataset, load_mmsa, write_synthetic
+from fsrf.data import MultimodalDataset, load_mmsa, make_recovery, make_synthetic, save_mmsa
 
 
 def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> MultimodalDataset:
@@ -25,19 +26,28 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
         raise FSRFError(f"data.path: dataset {cfg.dataset!r} needs an MMSA pickle (--data FILE)")
     if source is None:
         with tempfile.TemporaryDirectory(prefix="fsrf-synthetic-") as tmp:
-            file = write_synthetic(
-                Path(tmp) / "synthetic.pkl",
-                seed=cfg.synthetic_seed,
-                n_train=cfg.synthetic_train,
-                n_valid=cfg.synthetic_valid,
-                n_test=cfg.synthetic_test,
-                **{f"{m}_{k}": getattr(cfg, f"{m}_{k}") for m in MODALITIES for k in ("len", "dim")},
-            )
+            file = Path(tmp) / "synthetic.pkl"
+            save_mmsa(file, synthetic_data(cfg))
             dataset = load_mmsa(file, name="synthetic")
     else:
         dataset = load_mmsa(source, name=cfg.dataset)
     check_shapes(cfg, dataset)
     return dataset
+
+
+def synthetic_data(cfg: DataConfig) -> dict[str, dict[str, Any]]:
+    """The MMSA dict of the synthetic dataset ``data.synthetic_*`` describes (planted factors included)."""
+    kwargs: dict[str, Any] = {
+        "seed": cfg.synthetic_seed,
+        "n_train": cfg.synthetic_train,
+        "n_valid": cfg.synthetic_valid,
+        "n_test": cfg.synthetic_test,
+        **{f"{m}_{k}": getattr(cfg, f"{m}_{k}") for m in MODALITIES for k in ("len", "dim")},
+    }
+    if cfg.synthetic_kind == "recovery":
+        return make_recovery(**kwargs, latent=cfg.synthetic_latent, label=cfg.synthetic_label,
+                             label_noise=cfg.synthetic_label_noise)
+    return make_synthetic(**kwargs)
 
 
 def check_shapes(cfg: DataConfig, dataset: MultimodalDataset) -> None:

@@ -81,12 +81,14 @@ def train_epoch(
     for _, batch in split.batches(bs, generator=gen, drop_last=len(split) >= bs):
         n = len(batch)
         rates = training_rates(n, max_rate=max_rate, complete_share=cfg.missing.complete_share, generator=gen)
-        views = [apply_keep(batch.features, ctx.simulator.sample(batch.valid, rates, gen)) for _ in range(ctx.views)]
+        keeps = [ctx.simulator.sample(batch.valid, rates, gen) for _ in range(ctx.views)]
+        views = [apply_keep(batch.features, k) for k in keeps]
         x = {m: torch.cat([v[m] for v in views]).to(device, non_blocking=True) for m in MODALITIES}  # (V*B, T_m, D_m)
+        keep = {m: torch.cat([k[m] for k in keeps]).to(device, non_blocking=True) for m in MODALITIES}
         valid = {m: batch.valid[m].repeat(ctx.views, 1).to(device, non_blocking=True) for m in MODALITIES}
         labels = batch.labels.to(device, non_blocking=True)
         with isolated_rng(draw_seed(gen), device), autocast(device, cfg.train.precision):
-            out = model(x, valid, recon=cfg.loss.recon > 0, noise_pred=cfg.loss.noise > 0)
+            out = model(x, valid, keep=keep, recon=cfg.loss.recon > 0)
         total, terms = fsrf_loss([o.float() for o in out.chunk(ctx.views)], labels, cfg.loss)
         values = torch.stack(list(terms.values()))
         if not bool(torch.isfinite(values).all()):

@@ -4,6 +4,7 @@
     fsrf train --config configs/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl --out runs/mosi
     fsrf train --config configs/mosi.yaml --out runs/mosi --resume      # continue from runs/mosi/last.pt
     fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
+    fsrf probe --checkpoint runs/demo/best.pt        # do the parts hold what they should? (R^2 table)
     fsrf tune --space tuning/spaces/mosi.yaml --data ... --name mosi-robust   # = python tune.py ...
 
 Bad input prints one line ``fsrf: error: ...`` and exits with status 2.
@@ -80,6 +81,39 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    import json
+
+    from fsrf._checkpoint import checkpoint_config, load_checkpoint
+    from fsrf._config import with_overrides
+    from fsrf._device import resolve_device
+    from fsrf._run_data import load_dataset, synthetic_data
+    from fsrf._yaml import atomic_write_text
+    from fsrf.model import FSRF
+    from fsrf.probe import planted_factors, probe
+
+    state = load_checkpoint(args.checkpoint)
+    config = checkpoint_config(state, source=str(args.checkpoint))
+    if args.data is not None:
+        config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
+    dataset = load_dataset(config.data)
+    model = FSRF(config)
+    model.load_state_dict(state["model"])
+    device = resolve_device(args.device)
+    model.to(device)
+    factors: dict = {"fit_factors": None, "score_factors": None}
+    if config.data.dataset == "synthetic" and config.data.path is None:
+        generated = synthetic_data(config.data)  # the same seed gives the same samples and factors
+        factors = {"fit_factors": planted_factors(generated, "valid"),
+                   "score_factors": planted_factors(generated, "test")}
+    report = probe(model, dataset.valid, dataset.test, device=device, **factors)
+    print(report.to_text())
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "probe.json"
+    atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -107,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--out", type=Path, default=None, help="where to write JSON/CSV (default: beside the checkpoint)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("probe", help="R^2 of fresh linear probes of a checkpoint's parts (fit on valid, scored on test)")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt")
+    p.add_argument("--data", type=Path, default=None, help="MMSA pickle (default: the path stored in the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: probe.json beside the checkpoint)")
+    p.set_defaults(func=_probe)
     return parser
 
 

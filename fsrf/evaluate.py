@@ -48,13 +48,15 @@ def predict(
     model.eval()
     preds = []
     for index, batch in split.batches(batch_size):
-        features = batch.features
+        features, kept = batch.features, None
         if keep is not None:
-            features = apply_keep(features, {m: k.index_select(0, index) for m, k in keep.items()})
+            kept = {m: k.index_select(0, index) for m, k in keep.items()}
+            features = apply_keep(features, kept)
+            kept = {m: k.to(device, non_blocking=True) for m, k in kept.items()}
         x = {m: f.to(device, non_blocking=True) for m, f in features.items()}
         valid = {m: v.to(device, non_blocking=True) for m, v in batch.valid.items()}
         with autocast(device, precision):
-            preds.append(model(x, valid).pred.float().cpu())
+            preds.append(model(x, valid, keep=kept).pred.float().cpu())
     model.train(was_training)
     return torch.cat(preds)
 

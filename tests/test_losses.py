@@ -1,4 +1,4 @@
-"""Each loss term's defining property."""
+"""Each loss term's defining property: scale invariance, direction of the transfer, recovery."""
 
 from __future__ import annotations
 
@@ -7,10 +7,22 @@ import dataclasses
 import pytest
 import torch
 
-from fsrf import Config, FSRF, with_overrides
+from fsrf import FSRF, MODALITIES, Config, with_overrides
 from fsrf._rng import isolated_rng
-from fsrf.model._layers import grad_reverse
-from fsrf.losses import TERMS, cmd, diff_loss, fsrf_loss, mmd, needs_two_views
+from fsrf.losses import (
+    TERMS,
+    agreement_loss,
+    cmd,
+    decorrelation_loss,
+    fsrf_loss,
+    label_correlation_loss,
+    mmd,
+    needs_two_views,
+    relative_mse,
+)
+from fsrf.missing import apply_keep, pattern_keep
+
+AUXILIARY = tuple(t for t in TERMS if t != "task")
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -40,35 +52,81 @@ def _hadamard(n: int) -> torch.Tensor:
     return h
 
 
-def test_diff_loss_is_zero_for_orthogonal_parts() -> None:
-    # Hadamard columns past the first: zero-mean, mutually orthogonal over the batch, equal row norms
-    h = _hadamard(64)
+def test_decorrelation_is_zero_for_uncorrelated_parts_and_one_for_copies() -> None:
+    h = _hadamard(64)  # columns past the first: zero-mean and mutually orthogonal over the batch
     a, b = 3.0 * h[:, 1:9], h[:, 9:17]
-    assert diff_loss(a, b).item() == pytest.approx(0.0, abs=1e-10)
-    assert diff_loss(a, a).item() > 1e-3
-    assert diff_loss(a, a + 0.1 * b).item() > 1e-3
+    assert decorrelation_loss(a, b).item() == pytest.approx(0.0, abs=1e-10)
+    assert decorrelation_loss(a[:, :1], 0.01 * a[:, :1]).item() == pytest.approx(1.0, abs=1e-4)
+    assert decorrelation_loss(a, a + 0.1 * b).item() > 1e-2
+
+
+def test_agreement_is_zero_for_parts_equal_up_to_scale_and_one_for_independent() -> None:
+    x = torch.randn(256, 8, generator=_gen(4))
+    assert agreement_loss(x, 5.0 * x + 2.0).item() == pytest.approx(0.0, abs=1e-4)
+    assert agreement_loss(x, torch.randn(256, 8, generator=_gen(5))).item() == pytest.approx(1.0, abs=0.1)
+
+
+def test_noise_term_reads_any_linear_sentiment_in_the_noise() -> None:
+    g = _gen(6)
+    y = torch.randn(512, generator=g)
+    clean = torch.randn(512, 8, generator=g)
+    leaky = clean.clone()
+    leaky[:, 3] += y
+    assert label_correlation_loss(clean, y).item() < 0.01
+    assert label_correlation_loss(leaky, y).item() > 0.05
+    assert label_correlation_loss(0.01 * leaky, y).item() == pytest.approx(label_correlation_loss(leaky, y).item())
+
+
+def test_relative_mse_is_one_minus_r2_and_ignores_scale() -> None:
+    target = torch.randn(128, 8, generator=_gen(7))
+    assert relative_mse(target.mean(0).expand_as(target), target).item() == pytest.approx(1.0, abs=1e-4)
+    pred = target + 0.5 * torch.randn(128, 8, generator=_gen(8))
+    assert relative_mse(0.01 * pred, 0.01 * target).item() == pytest.approx(relative_mse(pred, target).item(), rel=1e-4)
 
 
 def test_mmd_zero_for_identical_and_grows_with_shift() -> None:
-    x = torch.randn(50, 8, generator=_gen(5))
+    x = torch.randn(50, 8, generator=_gen(9))
     assert mmd(x, x).item() == pytest.approx(0.0, abs=1e-6)
     assert mmd(x, x + 1.0).item() > mmd(x, x + 0.1).item() > 0.0
 
 
-def _outputs(config: Config, batch: int = 8, views: int = 2):
+def _views(config: Config, batch: int = 16):
+    """Two views of one batch: view 0 lacks text on its first half, view 1 lacks audio on its second."""
     with isolated_rng(0):  # parameter init seeded, the global RNG left as it was
         model = FSRF(config)
     dims, lens = config.data.dims(), config.data.lengths()
-    g = _gen(6)
-    x = {m: torch.randn(views * batch, lens[m], dims[m], generator=g) for m in dims}
-    ok = {m: torch.ones(views * batch, lens[m], dtype=torch.bool) for m in dims}
-    out = model(x, ok, recon=True, noise_pred=True)
-    return model, out.chunk(views), torch.randn(batch, generator=g)
+    g = _gen(10)
+    x = {m: torch.randn(batch, lens[m], dims[m], generator=g) for m in dims}
+    valid = {m: torch.ones(batch, lens[m], dtype=torch.bool) for m in dims}
+    keep0 = {m: torch.ones_like(v) for m, v in valid.items()}
+    keep1 = {m: torch.ones_like(v) for m, v in valid.items()}
+    half = batch // 2
+    keep0["text"][:half] = False
+    keep1["audio"][half:] = False
+    keep = {m: torch.cat([keep0[m], keep1[m]]) for m in dims}
+    xs = apply_keep({m: torch.cat([x[m], x[m]]) for m in dims}, keep)
+    out = model(xs, {m: torch.cat([v, v]) for m, v in valid.items()}, keep=keep, recon=True)
+    return model, out.chunk(2), torch.randn(batch, generator=g)
+
+
+def _scaled(view, factor: float):
+    parts = ("encoded", "homo", "hetero", "noise", "recovered", "used", "recon")
+    return dataclasses.replace(view, **{p: {m: factor * v for m, v in getattr(view, p).items()} for p in parts})
+
+
+@pytest.mark.parametrize("term", AUXILIARY)
+def test_shrinking_the_representations_does_not_lower_any_term(term: str) -> None:
+    config = with_overrides(Config(), {"optim.batch_size": 16})
+    _, views, labels = _views(config)
+    _, terms = fsrf_loss(views, labels, config.loss)
+    _, shrunk = fsrf_loss([_scaled(v, 0.01) for v in views], labels, config.loss)
+    assert terms[term].item() > 0
+    assert shrunk[term].item() == pytest.approx(terms[term].item(), rel=2e-3, abs=1e-5)
 
 
 def test_every_term_is_reported_and_total_is_their_weighted_sum() -> None:
     config = Config()
-    _, views, labels = _outputs(config)
+    _, views, labels = _views(config)
     total, terms = fsrf_loss(views, labels, config.loss)
     assert set(terms) == {*TERMS, "total"}
     expected = terms["task"] + sum(getattr(config.loss, k) * terms[k] for k in TERMS if k != "task")
@@ -78,49 +136,60 @@ def test_every_term_is_reported_and_total_is_their_weighted_sum() -> None:
 def test_zero_weight_skips_the_term() -> None:
     config = with_overrides(Config(), {"loss.homo": 0.0, "loss.distill": 0.0, "loss.align": 0.0})
     assert not needs_two_views(config.loss)
-    _, views, labels = _outputs(config, views=1)
-    _, terms = fsrf_loss(views, labels, config.loss)
+    _, views, labels = _views(config)
+    _, terms = fsrf_loss(views[:1], labels, config.loss)
     assert "homo" not in terms and "distill" not in terms and "align" not in terms
 
 
-def test_distillation_stops_gradients_on_the_target_side() -> None:
-    off = ("homo", "diff", "recon", "noise", "align")
-    config = with_overrides(Config(), {f"loss.{k}": 0.0 for k in off})
-    _, views, labels = _outputs(config)
+def _distill_only() -> Config:
+    return with_overrides(Config(), {f"loss.{k}": 0.0 for k in AUXILIARY if k != "distill"})
+
+
+def test_distillation_flows_from_the_view_that_has_the_modality_to_the_one_that_lacks_it() -> None:
+    config = _distill_only()
+    _, views, labels = _views(config)
+    a, b = (dataclasses.replace(v, pred=v.pred.detach()) for v in views)  # representations only
+    total, _ = fsrf_loss([a, b], labels, config.loss)
+    student, never, teacher = torch.autograd.grad(total, [a.used["text"], b.used["text"], b.homo["text"]],
+                                                  allow_unused=True)
+    half = len(labels) // 2
+    # view 0 lacks text on its first half: there view 1 is the (stop-gradient) teacher, view 0 learns
+    assert bool(a.absent[:half, 0].all()) and not bool(b.absent[:, 0].any())
+    assert student[:half].abs().sum() > 0 and student[half:].abs().sum() == 0  # ties transfer nothing
+    for grad in (never, teacher):
+        assert grad is None or grad.abs().sum() == 0
+
+
+def test_prediction_distillation_runs_both_ways_with_a_stop_gradient_teacher() -> None:
+    config = _distill_only()
+    _, views, labels = _views(config)
     pa = views[0].pred.detach().requires_grad_(True)
     pb = views[1].pred.detach().requires_grad_(True)
-    va = dataclasses.replace(views[0], pred=pa)
-    vb = dataclasses.replace(views[1], pred=pb)
+    va, vb = dataclasses.replace(views[0], pred=pa), dataclasses.replace(views[1], pred=pb)
     total, _ = fsrf_loss([va, vb], labels, config.loss)
-    total.backward()
+    ga, gb = torch.autograd.grad(total, [pa, pb])
     n = len(labels)
-    # task: mean L1 averaged over two views; distill: MSE(a, sg(b)) + MSE(b, sg(a)).
-    # With the stop-gradient each prediction is pulled only by the term where it is the student.
-    expected_a = torch.sign(pa - labels) / n / 2 + 2 * (pa - pb) / n
-    expected_b = torch.sign(pb - labels) / n / 2 + 2 * (pb - pa) / n
-    assert torch.allclose(pa.grad, expected_a, atol=1e-6)
-    assert torch.allclose(pb.grad, expected_b, atol=1e-6)
+    # the task term's own gradient (mean L1, averaged over two views) removed: what is left is distill's
+    ga, gb = ga - torch.sign(pa - labels) / n / 2, gb - torch.sign(pb - labels) / n / 2
+    half = n // 2
+    # view 0 lacks text on the first half (view 1 teaches); view 1 lacks audio on the second (view 0 teaches)
+    assert ga[:half].abs().min() > 0 and ga[half:].abs().max() < 1e-7
+    assert gb[half:].abs().min() > 0 and gb[:half].abs().max() < 1e-7
 
 
-def test_gradient_reversal_negates_the_gradient() -> None:
-    x = torch.randn(4, 3, generator=_gen(7), requires_grad=True)
-    w = torch.randn(4, 3, generator=_gen(8))
-    (grad_reverse(x) * w).sum().backward()
-    assert torch.equal(x.grad, -w)
-
-
-def test_noise_term_reaches_the_noise_encoder_reversed() -> None:
-    model, _, labels = _outputs(Config(), views=1)
-    dims, lens = Config().data.dims(), Config().data.lengths()
-    g = _gen(9)
-    x = {m: torch.randn(len(labels), lens[m], dims[m], generator=g) for m in dims}
-    ok = {m: torch.ones(len(labels), lens[m], dtype=torch.bool) for m in dims}
-    out = model(x, ok, noise_pred=True)
-    n_text = out.noise["text"]
-    reversed_grad = torch.autograd.grad(
-        torch.nn.functional.mse_loss(out.noise_pred["text"], labels), n_text, retain_graph=True
-    )[0]
-    plain = model.noise_head["text"](n_text).squeeze(-1)  # the same regressor without reversal
-    plain_grad = torch.autograd.grad(torch.nn.functional.mse_loss(plain, labels), n_text)[0]
-    assert plain_grad.abs().sum() > 0
-    assert torch.allclose(reversed_grad, -plain_grad, atol=1e-7)
+def test_recovery_path_is_used_only_when_a_modality_is_absent() -> None:
+    config = Config()
+    with isolated_rng(0):
+        model = FSRF(config).eval()
+    dims, lens = config.data.dims(), config.data.lengths()
+    g = _gen(11)
+    x = {m: torch.randn(4, lens[m], dims[m], generator=g) for m in dims}
+    valid = {m: torch.ones(4, lens[m], dtype=torch.bool) for m in dims}
+    complete = model(x, valid).pred
+    keep = pattern_keep(valid, ("audio", "vision"))
+    partial = model(apply_keep(x, keep), valid, keep=keep).pred
+    with torch.no_grad():
+        for p in model.recover["text"].parameters():
+            p.add_(0.5)
+    assert torch.equal(model(x, valid).pred, complete)  # text present: r_text is not read
+    assert not torch.allclose(model(apply_keep(x, keep), valid, keep=keep).pred, partial)

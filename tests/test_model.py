@@ -27,12 +27,12 @@ def _model(config: Config) -> FSRF:
 def test_output_shapes(tiny_config: Config) -> None:
     model = _model(tiny_config)
     x, valid, _ = _inputs(tiny_config, 5)
-    out = model(x, valid, recon=True, noise_pred=True)
+    out = model(x, valid, recon=True)
     h = tiny_config.model.hidden
     assert out.pred.shape == (5,) and out.fused.shape == (5, h)
     for part in (out.encoded, out.homo, out.hetero, out.noise, out.recon):
         assert list(part) == list(MODALITIES) and all(v.shape == (5, h) for v in part.values())
-    assert all(v.shape == (5,) for v in out.noise_pred.values())
+    assert out.presence.shape == (5, 3) and out.absent.shape == (5, 3) and not out.absent.any()
     assert [o.pred.shape for o in out.chunk(5)] == [(1,)] * 5
 
 
@@ -40,11 +40,14 @@ def test_output_shapes(tiny_config: Config) -> None:
 def test_entirely_missing_modalities_give_finite_outputs_and_gradients(tiny_config: Config, present) -> None:
     model = _model(tiny_config)
     x, valid, labels = _inputs(tiny_config, 8)
-    x = apply_keep(x, pattern_keep(valid, present))
+    keep = pattern_keep(valid, present)
+    x = apply_keep(x, keep)
     # and one sample whose audio has no valid frame at all (zero length)
     valid["audio"][0] = False
     x["audio"][0] = 0.0
-    out = model(x, valid, recon=True, noise_pred=True)
+    out = model(x, valid, keep=keep, recon=True)
+    absent = [m not in present for m in MODALITIES]
+    assert out.absent[1:].tolist() == [absent] * 7
     total, terms = fsrf_loss([out], labels, tiny_config.loss)
     total.backward()
     assert torch.isfinite(out.pred).all()
@@ -67,7 +70,7 @@ def test_bf16_autocast_forward_and_backward_on_cpu(tiny_config: Config) -> None:
     model = _model(tiny_config)
     x, valid, labels = _inputs(tiny_config, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(x, valid, recon=True, noise_pred=True)
+        out = model(x, valid, recon=True)
     total, _ = fsrf_loss([out.float()], labels, tiny_config.loss)
     total.backward()
     assert out.pred.dtype == torch.bfloat16 and torch.isfinite(total)

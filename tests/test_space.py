@@ -123,7 +123,7 @@ def test_to_config_builds_the_trial_and_reads_store_round_trips() -> None:
     space = load_space(DEFAULT)
     config = space.to_config(TRIAL)
     loss = config.loss
-    assert (loss.homo, loss.diff, loss.align, loss.align_kind) == (0.5, 0.0, 0.0, "cmd")
+    assert (loss.homo, loss.diff, loss.align, loss.align_kind) == (0.5, 0.0, 0.0, "mmd")
     assert config.curriculum.build().to_dict() == {
         "kind": "linear", "start": 0.1, "end": 0.6, "warmup_epochs": 1, "ramp_epochs": 4}
     assert (config.optim.batch_size, config.train.epochs, config.model) == (32, 8, space.base.model)
@@ -188,14 +188,14 @@ def test_fingerprint_is_stable_and_follows_the_content(tmp_path: Path) -> None:
 
 def test_minimal_space_sampling_conditions_on_an_off_switch(tmp_path: Path) -> None:
     body = MINIMAL + "  loss.align: {float: [0.01, 1.0], log: true, off_switch: true}\n" \
-                     "  loss.align_kind: {choice: [mmd], when: {loss.align: off}}\n"
+                     "  loss.align_kind: {choice: [cmd], when: {loss.align: off}}\n"
     space = load_space(_write(tmp_path, body))
     assert space.key_columns() == ("loss.homo", "curriculum.kind", "loss.align")
     for params, constants in _ask(space, 60):
         assert ("loss.align_kind" in params) == params["loss.align:off"]
         assert ("curriculum.ramp_epochs" in params) == (params["curriculum.kind"] == "linear")
         kind = space.to_config({**params, **constants}).loss.align_kind
-        assert kind == ("mmd" if params["loss.align:off"] else "cmd")
+        assert kind == ("cmd" if params["loss.align:off"] else "mmd")  # mmd: the default
 
 
 def test_base_override_replaces_the_files_base(tmp_path: Path) -> None:

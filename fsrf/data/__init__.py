@@ -2,6 +2,7 @@
 
 from fsrf.data._mmsa import load_mmsa, save_mmsa
 from fsrf.data._pickle import load_pickle_restricted
+from fsrf.data._recovery import make_recovery
 from fsrf.data._synthetic import make_synthetic, write_synthetic
 from fsrf.data._types import Batch, MultimodalDataset, Split
 
@@ -11,6 +12,7 @@ __all__ = [
     "Split",
     "load_mmsa",
     "load_pickle_restricted",
+    "make_recovery",
     "make_synthetic",
     "save_mmsa",
     "write_synthetic",

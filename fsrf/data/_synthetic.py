@@ -166,21 +166,24 @@ def _make_split(
         t = steps[m]
         lengths[m] = rng.integers(math.ceil(t / 2), t + 1, size=n).astype(np.int64)
         split[m] = _frames(rng, projections[m], z, specific[m], lengths[m], t)
-    split["text_bert"] = _text_bert(rng, lengths["text"], steps["text"])
+    split["text_bert"] = text_bert(rng, lengths["text"], steps["text"])
     split["audio_lengths"] = lengths["audio"]
     split["vision_lengths"] = lengths["vision"]
-    split["regression_labels"] = labels
-    split["classification_labels"] = (np.sign(labels) + 1.0).astype(np.float32)
-    index = offset + np.arange(n)
-    video, clip = index // _CLIPS_PER_VIDEO, index % _CLIPS_PER_VIDEO
-    split["id"] = np.array([f"synvid{k}$_${j}" for k, j in zip(video, clip)], dtype=object)
-    split["raw_text"] = np.array(
-        [f"synthetic clip {j} of video {k}" for k, j in zip(video, clip)], dtype=object
-    )
-    split["annotations"] = np.where(
-        labels > 0, "Positive", np.where(labels < 0, "Negative", "Neutral")
-    ).astype(object)
+    split.update(split_extras(labels, offset))
     return split
+
+
+def split_extras(labels: np.ndarray, offset: int) -> dict[str, np.ndarray]:
+    """Labels, ids, raw text and annotations of one split (N,), samples numbered from ``offset``."""
+    index = offset + np.arange(labels.shape[0])
+    video, clip = index // _CLIPS_PER_VIDEO, index % _CLIPS_PER_VIDEO
+    return {
+        "regression_labels": labels,
+        "classification_labels": (np.sign(labels) + 1.0).astype(np.float32),
+        "id": np.array([f"synvid{k}$_${j}" for k, j in zip(video, clip)], dtype=object),
+        "raw_text": np.array([f"synthetic clip {j} of video {k}" for k, j in zip(video, clip)], dtype=object),
+        "annotations": np.where(labels > 0, "Positive", np.where(labels < 0, "Negative", "Neutral")).astype(object),
+    }
 
 
 def _frames(
@@ -206,7 +209,7 @@ def _frames(
     return x
 
 
-def _text_bert(rng: np.random.Generator, lengths: np.ndarray, steps: int) -> np.ndarray:
+def text_bert(rng: np.random.Generator, lengths: np.ndarray, steps: int) -> np.ndarray:
     """(N, 3, L) float32: token ids ([CLS] ... [SEP], 0 padding), attention mask, segment ids."""
     n = lengths.shape[0]
     position = np.arange(steps)[None, :]

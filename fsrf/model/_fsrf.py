@@ -1,18 +1,29 @@
-"""The FSRF network: encoders, homogeneous-heterogeneous-noise factorization, fusion.
+"""The FSRF network: encoders, homogeneous-heterogeneous-noise factorization, recovery, fusion.
 
 Shape legend: B batch, T_m time steps of modality m, D_m its feature dim,
-H hidden dim (``model.hidden``). Modalities in the order text, audio, vision.
+H hidden dim (``model.hidden``), M = 3 modalities in the order text, audio, vision.
 
 Per modality m the encoder gives h_m (B, H). The factorization splits it into
 a homogeneous part c_m = F_c(h_m) (one encoder shared by all modalities), a
 heterogeneous part s_m = F_s^m(h_m) and a noise part n_m = F_n^m(h_m) (one
 each per modality); a decoder per modality reconstructs h_m from [c_m; s_m; n_m].
-Fusion reads the six tokens {c_m, s_m} only, never the noise parts, and a
-regression head predicts the sentiment score. A small regressor behind a
-gradient-reversal layer reads n_m so that training can push sentiment out of
-the noise (see :mod:`fsrf.losses`). The self-distillation between two
-incomplete views is a training-time matter: the trainer feeds both views
-through this one network (see :mod:`fsrf.train`).
+
+Availability: the model is told which frames were kept (``keep``), and computes
+each modality's presence p_m (B,), the kept share of its valid frames. A modality
+with p_m below ``model.recover_below`` is *absent* when some other modality is not.
+
+Recovery path (``model.recovery``): an absent modality's homogeneous part is
+recovered from the present modalities' homogeneous parts, which carry the shared
+semantics: r_m = G_m(mean of c_k over present k != m), and its heterogeneous token
+is replaced by a learned per-modality "missing" token. Fusion reads the six tokens
+{c_m or r_m, s_m or missing_m} plus an availability embedding (present / absent
+per modality), never the noise parts, and a regression head predicts the score.
+With ``model.recovery: false`` the network is the plain one: every token is the
+encoding of whatever input is left (zeros for an absent modality), no availability.
+
+The losses (:mod:`fsrf.losses`) train G_m on samples where m is present, and the
+self-distillation between two incomplete views is a training-time matter: the
+trainer feeds both views through this one network (see :mod:`fsrf.train`).
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ from torch import nn
 
 from fsrf._config import Config
 from fsrf._constants import MODALITIES
-from fsrf.model._layers import ModalityEncoder, grad_reverse, mlp, transformer
+from fsrf.model._layers import ModalityEncoder, mlp, transformer
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,11 +46,15 @@ class FSRFOutput:
         pred: (B,) sentiment predictions.
         fused: (B, H) the fused representation read by the head.
         encoded: h_m, (B, H).
-        homo: c_m, homogeneous parts, (B, H).
+        homo: c_m, the homogeneous part encoded from modality m itself, (B, H).
         hetero: s_m, heterogeneous parts, (B, H).
         noise: n_m, noise parts, (B, H).
+        recovered: r_m, the homogeneous part recovered from the other modalities, (B, H);
+            empty without the recovery path.
+        used: the homogeneous token fusion read: r_m where m is absent, else c_m, (B, H).
+        presence: (B, M) kept share of each modality's valid frames, in [0, 1].
+        absent: (B, M) bool, modalities that fusion treated as absent (recovered).
         recon: reconstructions of h_m, (B, H); empty when not requested.
-        noise_pred: (B,) sentiment read from n_m behind gradient reversal; empty when not requested.
     """
 
     pred: torch.Tensor
@@ -48,8 +63,11 @@ class FSRFOutput:
     homo: dict[str, torch.Tensor]
     hetero: dict[str, torch.Tensor]
     noise: dict[str, torch.Tensor]
+    recovered: dict[str, torch.Tensor]
+    used: dict[str, torch.Tensor]
+    presence: torch.Tensor
+    absent: torch.Tensor
     recon: dict[str, torch.Tensor]
-    noise_pred: dict[str, torch.Tensor]
 
     def float(self) -> FSRFOutput:
         """The same output in float32 (losses are computed in float32 under bf16 autocast)."""
@@ -57,7 +75,7 @@ class FSRFOutput:
         def cast(value: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor | dict[str, torch.Tensor]:
             if isinstance(value, dict):
                 return {k: v.float() for k, v in value.items()}
-            return value.float()
+            return value.float() if value.is_floating_point() else value
 
         return FSRFOutput(**{f.name: cast(getattr(self, f.name)) for f in fields(self)})
 
@@ -111,7 +129,12 @@ class FSRF(nn.Module):
         self.hetero = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
         self.noise = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
         self.decoder = nn.ModuleDict({m: nn.Linear(3 * hidden, hidden) for m in MODALITIES})
-        self.noise_head = nn.ModuleDict({m: nn.Linear(hidden, 1) for m in MODALITIES})
+        self.recovery = mc.recovery
+        self.recover_below = mc.recover_below
+        if mc.recovery:
+            self.recover = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
+            self.missing_token = nn.Parameter(torch.randn(len(MODALITIES), hidden) * 0.02)
+            self.availability = nn.Parameter(torch.randn(2, 2 * len(MODALITIES), hidden) * 0.02)
         self.token_type = nn.Parameter(torch.randn(2 * len(MODALITIES), hidden) * 0.02)
         self.fusion = transformer(hidden, mc.heads, mc.fusion_layers, mc.ff_mult, mc.dropout)
         self.fusion_norm = nn.LayerNorm(hidden)
@@ -122,23 +145,36 @@ class FSRF(nn.Module):
         features: dict[str, torch.Tensor],
         valid: dict[str, torch.Tensor],
         *,
+        keep: dict[str, torch.Tensor] | None = None,
         recon: bool = False,
-        noise_pred: bool = False,
     ) -> FSRFOutput:
         """Run the network on (possibly incomplete) inputs.
 
         Args:
             features: modality -> (B, T_m, D_m); missing frames already zero-filled.
             valid: modality -> (B, T_m) bool, False at padding.
+            keep: modality -> (B, T_m) bool, False at dropped frames; None = nothing dropped.
             recon: also decode the reconstructions of h_m.
-            noise_pred: also run the gradient-reversed sentiment regressor on n_m.
         """
+        presence = _presence(valid, keep)  # (B, M)
         h = {m: self.encoders[m](features[m], valid[m]) for m in MODALITIES}  # (B, H) each
         c = {m: self.homo(h[m]) for m in MODALITIES}
         s = {m: self.hetero[m](h[m]) for m in MODALITIES}
         n = {m: self.noise[m](h[m]) for m in MODALITIES}
-        tokens = torch.stack([c[m] for m in MODALITIES] + [s[m] for m in MODALITIES], dim=1)
-        tokens = tokens + self.token_type  # (B, 6, H)
+        if self.recovery:
+            recovered, used, absent = self._recover(c, presence)
+            het = {
+                m: torch.where(absent[:, i : i + 1], self.missing_token[i].to(s[m].dtype), s[m])
+                for i, m in enumerate(MODALITIES)
+            }
+            state = absent.repeat(1, 2).long()  # (B, 2M): the c tokens', then the s tokens' state
+            available = self.availability[state, torch.arange(state.shape[1], device=state.device)]
+        else:
+            recovered, used, het = {}, c, s
+            absent = torch.zeros_like(presence, dtype=torch.bool)
+            available = 0.0
+        tokens = torch.stack([used[m] for m in MODALITIES] + [het[m] for m in MODALITIES], dim=1)
+        tokens = tokens + self.token_type + available  # (B, 2M, H)
         fused = self.fusion_norm(self.fusion(tokens).mean(dim=1))  # (B, H)
         pred = self.head(fused).squeeze(-1)  # (B,)
         rec = (
@@ -146,12 +182,42 @@ class FSRF(nn.Module):
             if recon
             else {}
         )
-        npred = (
-            {m: self.noise_head[m](grad_reverse(n[m])).squeeze(-1) for m in MODALITIES}
-            if noise_pred
-            else {}
-        )
-        return FSRFOutput(pred, fused, h, c, s, n, rec, npred)
+        return FSRFOutput(pred, fused, h, c, s, n, recovered, used, presence, absent, rec)
+
+    def _recover(
+        self, c: dict[str, torch.Tensor], presence: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """r_m from the present modalities' c_k (k != m); which modalities count as absent."""
+        present = presence >= self.recover_below  # (B, M)
+        stacked = torch.stack([c[m] for m in MODALITIES], dim=1)  # (B, M, H)
+        recovered, used, absent = {}, {}, []
+        for i, m in enumerate(MODALITIES):
+            others = present.clone()
+            others[:, i] = False
+            weight = others.to(stacked.dtype).unsqueeze(-1)  # (B, M, 1)
+            # When no other modality is present, r_m reads the mean of all three (it is not used).
+            count = weight.sum(dim=1)
+            source = torch.where(count > 0, (stacked * weight).sum(dim=1) / count.clamp_min(1.0),
+                                 stacked.mean(dim=1))  # (B, H)
+            recovered[m] = self.recover[m](source)
+            gone = ~present[:, i] & others.any(dim=1)  # (B,)
+            used[m] = torch.where(gone.unsqueeze(-1), recovered[m], c[m])
+            absent.append(gone)
+        return recovered, used, torch.stack(absent, dim=1)
+
+
+def _presence(valid: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """(B, M) kept share of each modality's valid frames (1 without a keep mask or valid frame)."""
+    shares = []
+    for m in MODALITIES:
+        v = valid[m]
+        if keep is None:
+            shares.append(torch.ones(v.shape[0], device=v.device))
+            continue
+        total = v.sum(dim=1)
+        kept = (v & keep[m].to(v.device)).sum(dim=1)
+        shares.append(torch.where(total > 0, kept / total.clamp_min(1), torch.ones_like(total, dtype=torch.float)))
+    return torch.stack(shares, dim=1).float()
 
 
 __all__ = ["FSRF", "FSRFOutput"]

@@ -1,4 +1,4 @@
-"""Building blocks: per-modality sequence encoders, MLPs, gradient reversal.
+"""Building blocks: per-modality sequence encoders, MLPs, Transformers.
 
 Shape legend: B batch, T time steps of one modality (T' after downsampling),
 D input feature dim, H hidden dim.
@@ -94,18 +94,3 @@ class ModalityEncoder(nn.Module):
         attend[:, 0] |= empty
         h = self.encoder(h, src_key_padding_mask=~attend)  # (B, T', H)
         return self.norm(masked_mean(h, attend))  # (B, H)
-
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor) -> torch.Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
-        return -grad
-
-
-def grad_reverse(x: torch.Tensor) -> torch.Tensor:
-    """Identity forward, negated gradient backward (adversarial training)."""
-    return _GradReverse.apply(x)
