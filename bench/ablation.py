@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     unique = {}
     for v in names:
         unique.setdefault(keys[v], v)
-    out_root = args.out or Path(tempfile.mkdtemp(prefix="fsrf-ablation-"))
+    scratch = None if args.out else tempfile.TemporaryDirectory(prefix="fsrf-ablation-")
+    out_root = args.out or Path(scratch.name)
     jobs = {}
     started = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
@@ -150,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = with_overrides(configs[owner], {"train.seed": seed})
                 jobs[(owner, seed)] = pool.submit(run_one, cfg, str(out_root / owner / f"seed-{seed}"))
         done = {k: f.result() for k, f in jobs.items()}
+    if scratch is not None:
+        scratch.cleanup()
     report: dict[str, Any] = {
         "config": str(args.config), "data_seed": args.data_seed, "seeds": args.seeds,
         "epochs": configs[names[0]].train.epochs, "overrides": args.set, "f1": F1,

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from fsrf._constants import MODALITIES
-from fsrf._errors import FSRFError
 from fsrf.data import Split
 from fsrf.missing import apply_keep, pattern_keep
 from fsrf.model import FSRF
@@ -45,7 +44,8 @@ class ProbeReport:
         readout: ``"<part>_<m>"`` -> target name -> held-out R^2 of the ridge probe part -> target.
         explained: ``"<part>_<m>"`` -> held-out R^2 of the ridge probe shared factor -> part
             (empty without planted factors).
-        recovery: modality -> R^2 of r_m (m removed) against c_m (complete input).
+        recovery: modality -> R^2 of r_m (m removed) against c_m (complete input); empty
+            without a recovery path.
         fit_split: where the probes were fitted; ``score_split``: where they were scored.
     """
 
@@ -67,7 +67,7 @@ class ProbeReport:
         widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
         lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        recovered = ", ".join(f"{m} {v:.3f}" for m, v in self.recovery.items())
+        recovered = ", ".join(f"{m} {v:.3f}" for m, v in self.recovery.items()) or "no recovery path"
         return (f"R^2 of linear probes fitted on {self.fit_split}, scored on {self.score_split} "
                 f"(part -> target)\n" + "\n".join(lines)
                 + f"\nrecovered vs real homogeneous part (R^2, modality removed): {recovered}")
@@ -80,9 +80,11 @@ class ProbeReport:
 @torch.no_grad()
 def representations(model: FSRF, split: Split, *, batch_size: int = 256,
                     device: torch.device | None = None) -> dict[str, np.ndarray]:
-    """``{"c_text": (N, H), ..., "r_vision": (N, H)}`` float64: the parts of every sample of a split."""
-    if not getattr(model, "recovery", False):
-        raise FSRFError("probe: the model has no recovery path (model.recovery: false); nothing to probe for r_m")
+    """``{"c_text": (N, H), ..., "r_vision": (N, H)}`` float64: the parts of every sample of a split.
+
+    Without a recovery path (``model.recovery: false``) there is no r_m.
+    """
+    recovers = bool(getattr(model, "recovery", False))
     device = device or torch.device("cpu")
     was_training = model.training
     model.eval()
@@ -94,11 +96,12 @@ def representations(model: FSRF, split: Split, *, batch_size: int = 256,
         for m in MODALITIES:
             for part, value in (("c", out.homo[m]), ("s", out.hetero[m]), ("n", out.noise[m])):
                 chunks.setdefault(f"{part}_{m}", []).append(value.float().cpu())
-            keep = pattern_keep(valid, tuple(k for k in MODALITIES if k != m))
-            removed = model(apply_keep(x, keep), valid, keep=keep)
-            chunks.setdefault(f"r_{m}", []).append(removed.used[m].float().cpu())
+            if recovers:
+                keep = pattern_keep(valid, tuple(k for k in MODALITIES if k != m))
+                removed = model(apply_keep(x, keep), valid, keep=keep)
+                chunks.setdefault(f"r_{m}", []).append(removed.used[m].float().cpu())
     model.train(was_training)
-    ordered = [f"{p}_{m}" for m in MODALITIES for p in PARTS]
+    ordered = [f"{p}_{m}" for m in MODALITIES for p in PARTS if p != "r" or recovers]
     return {k: torch.cat(chunks[k]).double().numpy() for k in ordered}
 
 
@@ -178,7 +181,7 @@ def probe(
         explained = {part: ridge_r2(np.asarray(fit_factors["shared"]), reps_fit[part],
                                     np.asarray(targets_score["shared"]), reps_score[part])
                      for part in reps_fit}
-    recovery = {m: _r2(reps_score[f"r_{m}"], reps_score[f"c_{m}"]) for m in MODALITIES}
+    recovery = {m: _r2(reps_score[f"r_{m}"], reps_score[f"c_{m}"]) for m in MODALITIES if f"r_{m}" in reps_score}
     return ProbeReport(readout, explained, recovery, fit_split, score_split)
 
 

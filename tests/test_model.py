@@ -30,8 +30,9 @@ def test_output_shapes(tiny_config: Config) -> None:
     out = model(x, valid, recon=True)
     h = tiny_config.model.hidden
     assert out.pred.shape == (5,) and out.fused.shape == (5, h)
-    for part in (out.encoded, out.homo, out.hetero, out.noise, out.recon):
+    for part in (out.encoded, out.homo, out.hetero, out.recon, out.recovered, out.used):
         assert list(part) == list(MODALITIES) and all(v.shape == (5, h) for v in part.values())
+    assert all(v.shape == (5, tiny_config.model.noise_dim) for v in out.noise.values())
     assert out.presence.shape == (5, 3) and out.absent.shape == (5, 3) and not out.absent.any()
     assert [o.pred.shape for o in out.chunk(5)] == [(1,)] * 5
 

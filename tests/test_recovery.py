@@ -88,3 +88,22 @@ def test_full_beats_plain_at_high_rates_on_a_short_run_and_the_probe_reads_it(tm
     report = json.loads((tmp_path / "full" / "probe.json").read_text())
     assert set(report["recovery"]) == {"text", "audio", "vision"}
     assert report["readout"]["c_text"]["shared"] > report["readout"]["n_text"]["label"]
+
+
+@pytest.mark.parametrize("recovery", [True, False])
+def test_fsrf_probe_writes_the_r2_table_of_a_checkpoint(tmp_path: Path, recovery: bool, capsys) -> None:
+    from fsrf import config_from_dict, train
+    from tests_support import TINY
+
+    config = with_overrides(config_from_dict(TINY), {
+        "train.epochs": 1, "data.synthetic_kind": "recovery", "model.recovery": recovery,
+        "data.text_dim": 8, "data.audio_dim": 8, "data.vision_dim": 8,
+    })
+    train(config, out_dir=tmp_path / "run", tensorboard=False)
+    assert main(["probe", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--out", str(tmp_path / "p.json")]) == 0
+    report = json.loads((tmp_path / "p.json").read_text())
+    assert set(report["readout"]["n_audio"]) == {"label", "shared", *(f"{k}_{m}" for k in ("own", "nuisance")
+                                                                    for m in ("text", "audio", "vision"))}
+    assert ("r_text" in report["readout"]) == recovery and bool(report["recovery"]) == recovery
+    assert all(-10 < v <= 1 for row in report["readout"].values() for v in row.values())
+    assert "R^2 of linear probes fitted on valid, scored on test" in capsys.readouterr().out

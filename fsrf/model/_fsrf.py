@@ -48,7 +48,7 @@ class FSRFOutput:
         encoded: h_m, (B, H).
         homo: c_m, the homogeneous part encoded from modality m itself, (B, H).
         hetero: s_m, heterogeneous parts, (B, H).
-        noise: n_m, noise parts, (B, H).
+        noise: n_m, noise parts, (B, N) with N = ``model.noise_dim``.
         recovered: r_m, the homogeneous part recovered from the other modalities, (B, H);
             empty without the recovery path.
         used: the homogeneous token fusion read: r_m where m is absent, else c_m, (B, H).
@@ -127,8 +127,8 @@ class FSRF(nn.Module):
         )
         self.homo = mlp(hidden, dropout=mc.dropout)
         self.hetero = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
-        self.noise = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
-        self.decoder = nn.ModuleDict({m: nn.Linear(3 * hidden, hidden) for m in MODALITIES})
+        self.noise = nn.ModuleDict({m: mlp(hidden, out=mc.noise_dim, dropout=mc.dropout) for m in MODALITIES})
+        self.decoder = nn.ModuleDict({m: nn.Linear(2 * hidden + mc.noise_dim, hidden) for m in MODALITIES})
         self.recovery = mc.recovery
         self.recover_below = mc.recover_below
         if mc.recovery:
