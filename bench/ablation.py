@@ -15,7 +15,8 @@ evaluated under both protocols:
 * ``rand_f1`` / ``pat_f1``: the same means of ``Non0_F1_score`` (F1 without zero labels).
 
 The JSON holds ``variants.<variant>.per_seed.<seed>.{rand_mae, high_mae, pat_mae, rand_f1,
-pat_f1}`` (every run's test values), per-variant mean and SD, and ``paired.<full>-<other>``:
+pat_f1}`` (every run's test values, plus ``valid_objective``, the validation objective that
+selected its checkpoint), per-variant mean and SD, and ``paired.<full>-<other>``:
 per-seed differences (negative MAE = the first variant is better), their mean, SD and
 mean/SD. Variants whose resolved configs are identical (``plain-mixed`` on a config that
 already trains with ``mixed``) are trained once and reported under both names.
@@ -100,7 +101,7 @@ def run_one(config: Config, out_dir: str) -> dict[str, Any]:
     ).rows
     pattern_rows = modality_pattern_table(model, dataset.test, **common).rows
     return {**_summary(random_rows, pattern_rows), "best_epoch": result.best_epoch,
-            "seconds": time.perf_counter() - start}
+            "valid_objective": result.best_objective, "seconds": time.perf_counter() - start}
 
 
 def _stats(values: list[float]) -> dict[str, float]:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             "overrides": VARIANTS[v],
             "same_runs_as": owner if owner != v else None,
             "per_seed": per_seed,
-            **{m: _stats([r[m] for r in per_seed.values()]) for m in (*METRICS, "complete_mae")},
+            **{m: _stats([r[m] for r in per_seed.values()]) for m in (*METRICS, "complete_mae", "valid_objective")},
         }
     first = names[0]
     for other in names[1:]:

@@ -128,10 +128,12 @@ class LossConfig:
     align: float = 0.5
     align_kind: str = "mmd"
     cmd_order: int = 5
+    teacher: str = "views"
 
     def __post_init__(self) -> None:
         _one_of(self.task, "task", ("l1", "mse"))
         _one_of(self.align_kind, "align_kind", ("cmd", "mmd"))
+        _one_of(self.teacher, "teacher", ("views", "complete", "both"))
         _check(self.cmd_order >= 1, "cmd_order", f"{self.cmd_order} must be >= 1")
         for key in self.weight_names():
             value = getattr(self, key)

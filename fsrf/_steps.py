@@ -17,7 +17,7 @@ from fsrf._errors import NonFiniteLossError
 from fsrf._rng import draw_seed, isolated_rng
 from fsrf.data import MultimodalDataset
 from fsrf.evaluate import mean_row, predict
-from fsrf.losses import fsrf_loss, needs_two_views
+from fsrf.losses import fsrf_loss, needs_teacher, needs_two_views
 from fsrf.metrics import regression_metrics
 from fsrf.missing import BaseMissingness, apply_keep, build_simulator, eval_keep, training_rates
 from fsrf.model import FSRF
@@ -34,6 +34,7 @@ class EpochContext:
     generator: torch.Generator
     simulator: BaseMissingness
     views: int
+    teacher: bool
     valid_keep: dict[float, dict[str, torch.Tensor]]
 
     @classmethod
@@ -59,6 +60,7 @@ class EpochContext:
             generator=generator,
             simulator=build_simulator(mc.simulator, **kwargs),
             views=2 if needs_two_views(config.loss) else 1,
+            teacher=needs_teacher(config.loss),
             valid_keep=valid_keep,
         )
 
@@ -87,9 +89,14 @@ def train_epoch(
         keep = {m: torch.cat([k[m] for k in keeps]).to(device, non_blocking=True) for m in MODALITIES}
         valid = {m: batch.valid[m].repeat(ctx.views, 1).to(device, non_blocking=True) for m in MODALITIES}
         labels = batch.labels.to(device, non_blocking=True)
+        teacher = None
         with isolated_rng(draw_seed(gen), device), autocast(device, cfg.train.precision):
             out = model(x, valid, keep=keep, recon=cfg.loss.recon > 0)
-        total, terms = fsrf_loss([o.float() for o in out.chunk(ctx.views)], labels, cfg.loss)
+            if ctx.teacher:
+                with torch.no_grad():
+                    complete = {m: batch.features[m].to(device, non_blocking=True) for m in MODALITIES}
+                    teacher = model(complete, {m: v[: len(batch)] for m, v in valid.items()}).float()
+        total, terms = fsrf_loss([o.float() for o in out.chunk(ctx.views)], labels, cfg.loss, teacher=teacher)
         values = torch.stack(list(terms.values()))
         if not bool(torch.isfinite(values).all()):
             name, value = next((k, float(v)) for k, v in terms.items() if not math.isfinite(float(v)))

@@ -187,54 +187,60 @@ def _view_terms(out: FSRFOutput, labels: torch.Tensor, cfg: LossConfig) -> dict[
     return terms
 
 
-def transfer_pairs(views: Sequence[FSRFOutput]) -> list[tuple[FSRFOutput, FSRFOutput, torch.Tensor]]:
-    """(teacher, student, rows) per direction and modality: rows (B,) bool where the teacher has more of m.
+def transfer_pairs(
+    views: Sequence[FSRFOutput], teacher: FSRFOutput | None = None, *, mode: str = "views"
+) -> list[tuple[FSRFOutput, FSRFOutput]]:
+    """The (teacher, student) output pairs the distillation runs over.
 
-    The list has 2 M entries: for each modality, view 0 -> view 1, then view 1 -> view 0.
+    ``views``: view 0 <-> view 1 (both directions); ``complete``: the complete input -> each
+    view; ``both``: all of these. Which samples and modalities each pair transfers is decided
+    per row by the kept shares (see :func:`_distill_terms`).
     """
-    a, b = views
-    pairs = []
-    for i, _ in enumerate(MODALITIES):
-        pairs.append((a, b, a.presence[:, i] > b.presence[:, i]))
-        pairs.append((b, a, b.presence[:, i] > a.presence[:, i]))
+    pairs: list[tuple[FSRFOutput, FSRFOutput]] = []
+    if mode in ("views", "both") and len(views) == 2:
+        pairs += [(views[0], views[1]), (views[1], views[0])]
+    if mode in ("complete", "both") and teacher is not None:
+        pairs += [(teacher, v) for v in views]
     return pairs
 
 
-def _distill_terms(views: Sequence[FSRFOutput], cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Teacher -> student transfer between two views, both directions (see the module docstring)."""
+def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConfig) -> dict[str, torch.Tensor]:
+    """Teacher -> student transfer over (teacher, student) pairs (see the module docstring).
+
+    For a pair and modality m, the rows (samples) where the teacher has the larger kept
+    share of m transfer m's homogeneous token; the rows where the teacher has more of the
+    whole input transfer the prediction. Each contribution is weighted by its share of rows.
+    """
     terms: dict[str, torch.Tensor] = {}
-    a, b = views
-    zero = a.pred.new_zeros(())
-    pairs = transfer_pairs(views)
+    zero = pairs[0][1].pred.new_zeros(())
     if cfg.distill > 0:
-        reps = []
-        for k, (teacher, student, rows) in enumerate(pairs):
-            m = MODALITIES[k // 2]
-            if int(rows.sum()) >= 2:
-                reps.append(relative_mse(student.used[m][rows], teacher.homo[m][rows]) * rows.float().mean())
-        total_a, total_b = a.presence.sum(dim=1), b.presence.sum(dim=1)
-        preds = []
-        for teacher, student, rows in ((a, b, total_a > total_b), (b, a, total_b > total_a)):
+        parts = []
+        for teacher, student in pairs:
+            for i, m in enumerate(MODALITIES):
+                rows = teacher.presence[:, i] > student.presence[:, i]
+                if int(rows.sum()) >= 2:
+                    parts.append(relative_mse(student.used[m][rows], teacher.homo[m][rows]) * rows.float().mean())
+            rows = teacher.presence.sum(dim=1) > student.presence.sum(dim=1)
             if bool(rows.any()):
                 err = _task(student.pred[rows], teacher.pred[rows].detach(), cfg.task)
-                preds.append(err * rows.float().mean())
-        terms["distill"] = sum(reps, zero) + sum(preds, zero)
+                parts.append(err * rows.float().mean())
+        terms["distill"] = sum(parts, zero) / len(pairs) * 2  # two views' worth, whatever the mode
     if cfg.align > 0:
         dist = cmd if cfg.align_kind == "cmd" else mmd
+        kwargs = {"order": cfg.cmd_order} if cfg.align_kind == "cmd" else {}
         values = []
         for i, m in enumerate(MODALITIES):
-            rows_ab, rows_ba = pairs[2 * i][2], pairs[2 * i + 1][2]
-            teachers = torch.cat([a.homo[m][rows_ab], b.homo[m][rows_ba]]).detach()
-            students = torch.cat([b.used[m][rows_ab], a.used[m][rows_ba]])
+            chosen = [(t, s, t.presence[:, i] > s.presence[:, i]) for t, s in pairs]
+            teachers = torch.cat([t.homo[m][rows] for t, _, rows in chosen]).detach()
+            students = torch.cat([s.used[m][rows] for _, s, rows in chosen])
             if teachers.shape[0] >= 4:
-                kwargs = {"order": cfg.cmd_order} if cfg.align_kind == "cmd" else {}
                 values.append(dist(standardize(students, like=teachers), standardize(teachers), **kwargs))
         terms["align"] = _mean(values, zero)
     return terms
 
 
 def fsrf_loss(
-    views: Sequence[FSRFOutput], labels: torch.Tensor, cfg: LossConfig
+    views: Sequence[FSRFOutput], labels: torch.Tensor, cfg: LossConfig, *, teacher: FSRFOutput | None = None
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The weighted training loss over one or two incomplete views of a batch.
 
@@ -242,6 +248,8 @@ def fsrf_loss(
         views: the model's output for each view (same samples, independent masks).
         labels: (B,) targets.
         cfg: the loss weights.
+        teacher: the model's output on the complete batch, computed without gradient
+            (``loss.teacher: complete | both``); None otherwise.
 
     Returns:
         ``(total, terms)``: the scalar to minimise, and every computed term
@@ -254,8 +262,9 @@ def fsrf_loss(
         terms["noise"] = torch.stack([
             label_r2_loss(torch.cat([v.noise[m] for v in views]), every) for m in MODALITIES
         ]).mean()
-    if len(views) == 2:
-        terms.update(_distill_terms(views, cfg))
+    pairs = transfer_pairs(views, teacher, mode=cfg.teacher)
+    if pairs:
+        terms.update(_distill_terms(pairs, cfg))
     total = terms["task"] + sum(getattr(cfg, k) * v for k, v in terms.items() if k != "task")
     logged = {k: v.detach() for k, v in terms.items()}
     logged["total"] = total.detach()
@@ -263,5 +272,10 @@ def fsrf_loss(
 
 
 def needs_two_views(cfg: LossConfig) -> bool:
-    """Self-distillation and alignment need two views; without them one view suffices."""
-    return cfg.distill > 0 or cfg.align > 0
+    """Distillation between views needs two; without it (or with the complete teacher alone) one suffices."""
+    return (cfg.distill > 0 or cfg.align > 0) and cfg.teacher in ("views", "both")
+
+
+def needs_teacher(cfg: LossConfig) -> bool:
+    """Whether the trainer runs the complete batch through the model (no gradient) as a teacher."""
+    return (cfg.distill > 0 or cfg.align > 0) and cfg.teacher in ("complete", "both")

@@ -205,3 +205,28 @@ def test_recovery_path_is_used_only_when_a_modality_is_absent() -> None:
             p.add_(0.5)
     assert torch.equal(model(x, valid).pred, complete)  # text present: r_text is not read
     assert not torch.allclose(model(apply_keep(x, keep), valid, keep=keep).pred, partial)
+
+
+def test_the_teacher_modes_choose_their_pairs() -> None:
+    from fsrf.losses import needs_teacher, transfer_pairs
+
+    config = Config()
+    _, views, labels = _views(config)
+    complete = views[1]  # stands in for the complete input's output
+    assert transfer_pairs(views, None, mode="views") == [(views[0], views[1]), (views[1], views[0])]
+    assert transfer_pairs(views, complete, mode="complete") == [(complete, views[0]), (complete, views[1])]
+    assert len(transfer_pairs(views, complete, mode="both")) == 4
+    assert not needs_teacher(config.loss) and needs_two_views(config.loss)
+    solo = with_overrides(config, {"loss.teacher": "complete"}).loss
+    assert needs_teacher(solo) and not needs_two_views(solo)
+    _, terms = fsrf_loss(views[:1], labels, solo, teacher=complete)
+    assert terms["distill"].item() > 0
+
+
+def test_a_complete_teacher_trains(tiny_config: Config, tmp_path) -> None:
+    from fsrf import train
+
+    config = with_overrides(tiny_config, {"loss.teacher": "both", "train.epochs": 1, "curriculum.kind": "constant",
+                                          "curriculum.end": 0.5})
+    result = train(config, tensorboard=False)
+    assert result.history[-1]["train/loss/distill"] > 0
