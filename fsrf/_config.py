@@ -96,12 +96,12 @@ class ModelConfig:
     dropout: float = 0.1
     downsample: int = 1
     recovery: bool = True
-    recover_below: float = 0.2
+    absent_at: float = 0.0
     noise_dim: int = 8
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 1, "hidden", f"{self.hidden} must be >= 1")
-        _unit(self.recover_below, "recover_below")
+        _unit(self.absent_at, "absent_at")
         _check(self.noise_dim >= 1, "noise_dim", f"{self.noise_dim} must be >= 1")
         _check(self.heads >= 1, "heads", f"{self.heads} must be >= 1")
         _check(
