@@ -80,8 +80,8 @@ def test_full_beats_plain_at_high_rates_on_a_short_run_and_the_probe_reads_it(tm
     config = with_overrides(load_config(ROOT / "configs" / "recovery.yaml"), {
         "train.epochs": 8, "model.hidden": 32, "train.num_threads": 2,
     })
-    full = ablation.run(config, str(tmp_path / "full"))
-    plain = ablation.run(with_overrides(config, ablation.VARIANTS["plain"]), str(tmp_path / "plain"))
+    full = ablation.run_one(config, str(tmp_path / "full"))
+    plain = ablation.run_one(with_overrides(config, ablation.VARIANTS["plain"]), str(tmp_path / "plain"))
     assert full["high_mae"] < plain["high_mae"]
 
     assert main(["probe", "--checkpoint", str(tmp_path / "full" / "best.pt")]) == 0
