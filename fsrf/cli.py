@@ -49,12 +49,12 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
+def _restore(args: argparse.Namespace) -> tuple:
+    """(state, config, dataset, model on its device, device) of ``--checkpoint`` (and ``--data``)."""
     from fsrf._checkpoint import checkpoint_config, load_checkpoint
     from fsrf._config import with_overrides
     from fsrf._device import resolve_device
     from fsrf._run_data import load_dataset
-    from fsrf.evaluate import modality_pattern_table, random_missing_table
     from fsrf.model import FSRF
 
     state = load_checkpoint(args.checkpoint)
@@ -66,6 +66,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     model = FSRF(config)
     model.load_state_dict(state["model"])
     model.to(device)
+    return state, config, dataset, model, device
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from fsrf.evaluate import modality_pattern_table, random_missing_table
+
+    state, config, dataset, model, device = _restore(args)
     split = dataset.split(args.split)
     common = {"dataset": dataset.name, "batch_size": args.batch_size, "device": device,
               "precision": config.train.precision}
@@ -84,23 +91,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     import json
 
-    from fsrf._checkpoint import checkpoint_config, load_checkpoint
-    from fsrf._config import with_overrides
-    from fsrf._device import resolve_device
-    from fsrf._run_data import load_dataset, synthetic_data
+    from fsrf._run_data import synthetic_data
     from fsrf._yaml import atomic_write_text
-    from fsrf.model import FSRF
     from fsrf.probe import planted_factors, probe
 
-    state = load_checkpoint(args.checkpoint)
-    config = checkpoint_config(state, source=str(args.checkpoint))
-    if args.data is not None:
-        config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
-    dataset = load_dataset(config.data)
-    model = FSRF(config)
-    model.load_state_dict(state["model"])
-    device = resolve_device(args.device)
-    model.to(device)
+    _, config, dataset, model, device = _restore(args)
     factors: dict = {"fit_factors": None, "score_factors": None}
     if config.data.dataset == "synthetic" and config.data.path is None:
         generated = synthetic_data(config.data)  # the same seed gives the same samples and factors

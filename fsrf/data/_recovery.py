@@ -45,7 +45,7 @@ import numpy as np
 
 from fsrf._constants import MODALITIES, SPLITS
 from fsrf._errors import FSRFError
-from fsrf.data._synthetic import split_extras, text_bert
+from fsrf.data._synthetic import check_layout, split_extras, text_bert
 
 LABELS = ("shared", "specific")
 """What the label reads: the shared latent (the benchmark) or text's own factor (a control)."""
@@ -94,14 +94,8 @@ def make_recovery(
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     steps = {"text": text_len, "audio": audio_len, "vision": vision_len}
     dims = {"text": text_dim, "audio": audio_dim, "vision": vision_dim}
-    for key, value, low in (
-        *((f"n_{s}", n, 1) for s, n in sizes.items()),
-        *((f"{m}_len", t, 2 if m == "text" else 1) for m, t in steps.items()),
-        ("latent", latent, 1),
-        *((f"{m}_dim", d, latent) for m, d in dims.items()),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise FSRFError(f"make_recovery: {key}={value!r}, expected an integer >= {low}")
+    check_layout("make_recovery", sizes, steps, {}, extra=(("latent", latent, 1),))
+    check_layout("make_recovery", {}, {}, dims, min_dim=latent)
     if label not in LABELS:
         raise FSRFError(f"make_recovery: label={label!r}, expected one of {', '.join(LABELS)}")
     if not (isinstance(label_noise, (int, float)) and 0.0 <= label_noise):

@@ -98,13 +98,7 @@ def make_synthetic(
     sizes = {"train": n_train, "valid": n_valid, "test": n_test}
     steps = {"text": text_len, "audio": audio_len, "vision": vision_len}
     dims = {"text": text_dim, "audio": audio_dim, "vision": vision_dim}
-    for label, value, low in (
-        *((f"n_{s}", n, 1) for s, n in sizes.items()),
-        *((f"{m}_len", t, 2 if m == "text" else 1) for m, t in steps.items()),
-        *((f"{m}_dim", d, 1) for m, d in dims.items()),
-    ):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise FSRFError(f"make_synthetic: {label}={value!r}, expected an integer >= {low}")
+    check_layout("make_synthetic", sizes, steps, dims)
     rng = np.random.default_rng(seed)
     projections = {m: _projections(rng, m, dims[m]) for m in MODALITIES}
     data: dict[str, dict[str, Any]] = {}
@@ -113,6 +107,30 @@ def make_synthetic(
         data[split] = _make_split(rng, projections, steps, n=sizes[split], offset=offset)
         offset += sizes[split]
     return data
+
+
+def check_layout(
+    caller: str,
+    sizes: dict[str, Any],
+    steps: dict[str, Any],
+    dims: dict[str, Any],
+    *,
+    extra: tuple[tuple[str, Any, int], ...] = (),
+    min_dim: int = 1,
+) -> None:
+    """Split sizes, lengths, ``extra`` (key, value, least) and dims must be integers at least their least.
+
+    Raises:
+        FSRFError: ``<caller>: <key>=<value>, expected an integer >= <least>`` for the first that is not.
+    """
+    for key, value, low in (
+        *((f"n_{s}", n, 1) for s, n in sizes.items()),
+        *((f"{m}_len", t, 2 if m == "text" else 1) for m, t in steps.items()),
+        *extra,
+        *((f"{m}_dim", d, min_dim) for m, d in dims.items()),
+    ):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise FSRFError(f"{caller}: {key}={value!r}, expected an integer >= {low}")
 
 
 def write_synthetic(path: str | os.PathLike[str], **kwargs: int) -> Path:
