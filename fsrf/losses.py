@@ -93,11 +93,6 @@ def decorrelation_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return correlation(a, b).pow(2).mean()
 
 
-def label_correlation_loss(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over x's dimensions of corr(x_d, y)^2, for (B, H) ``x`` and (B,) ``labels``."""
-    return correlation(x, labels.unsqueeze(1)).pow(2).mean()
-
-
 def label_r2_loss(x: torch.Tensor, labels: torch.Tensor, *, ridge: float = 1e-4) -> torch.Tensor:
     """R^2 of the least-squares read-out of (B,) ``labels`` from (B, N) ``x`` (standardised, ridge)."""
     z = standardize(x)
