@@ -37,7 +37,7 @@ def _normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _imported_modules(paths: list[Path]) -> dict[str, set[str]]:
+def _imported_modules(paths: list[Path], root: Path = ROOT) -> dict[str, set[str]]:
     """Top-level module name -> files importing it (absolute imports only)."""
     found: dict[str, set[str]] = {}
     for path in paths:
@@ -50,14 +50,14 @@ def _imported_modules(paths: list[Path]) -> dict[str, set[str]]:
             else:
                 continue
             for name in names:
-                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(root)))
     return found
 
 
-def _undeclared(paths: list[Path], declared: set[str]) -> list[str]:
+def _undeclared(paths: list[Path], declared: set[str], root: Path = ROOT) -> list[str]:
     providers = packages_distributions()
     problems = []
-    for module, files in sorted(_imported_modules(paths).items()):
+    for module, files in sorted(_imported_modules(paths, root).items()):
         if module in sys.stdlib_module_names or module in FIRST_PARTY or module == "__future__":
             continue
         dists = {_normalise(d) for d in providers.get(module, [])}
@@ -110,10 +110,8 @@ def test_indirect_runtime_needs_are_declared() -> None:
 
 
 def test_the_walk_finds_an_undeclared_import(tmp_path: Path) -> None:
-    module = ROOT / "tests" / "_undeclared_probe.py"
-    try:
-        module.write_text("def f():\n    import pytest\n    from yaml import safe_load\n")
-        problems = _undeclared([module], _names(["pyyaml"]))
-    finally:
-        module.unlink()
+    module = tmp_path / "tests" / "_undeclared_probe.py"  # outside the checkout, same relative name
+    module.parent.mkdir()
+    module.write_text("def f():\n    import pytest\n    from yaml import safe_load\n")
+    problems = _undeclared([module], _names(["pyyaml"]), root=tmp_path)
     assert len(problems) == 1 and problems[0].startswith("pytest (imported by tests/_undeclared_probe.py)")
