@@ -129,9 +129,11 @@ class LossConfig:
     align_kind: str = "mmd"
     cmd_order: int = 5
     teacher: str = "views"
+    distill_margin: float = 0.25
 
     def __post_init__(self) -> None:
         _one_of(self.task, "task", ("l1", "mse"))
+        _unit(self.distill_margin, "distill_margin")
         _one_of(self.align_kind, "align_kind", ("cmd", "mmd"))
         _one_of(self.teacher, "teacher", ("views", "complete", "both"))
         _check(self.cmd_order >= 1, "cmd_order", f"{self.cmd_order} must be >= 1")

@@ -37,13 +37,17 @@ Self-distillation between the two incomplete views (independent masks of the sam
 samples), in both directions:
 
 * ``distill``: knowledge flows from what a view *has* to what the other *lacks*.
-  Per sample and modality m, the view in which m has the larger kept share is the
-  teacher (stop-gradient) and the other the student: the student's homogeneous
-  token (r_m if m is absent there, else its own c_m) regresses onto the teacher's
-  own c_m (1 - R^2, as ``recover``). Per sample, the view with more of the input
-  (larger summed kept share) is the teacher of the prediction: the student's
-  prediction regresses onto its stop-gradient prediction (L1 or MSE as ``task``).
-  Ties transfer nothing. Since masks are independent, each view teaches on some
+  Per sample and modality m, the view in which m's kept share exceeds the other's
+  by more than ``distill_margin`` (default 0.25) is the teacher (stop-gradient) and
+  the other the student: the student's homogeneous token (r_m if m is absent
+  there, else its own c_m) regresses onto the teacher's own c_m (1 - R^2, as
+  ``recover``). Per sample, the view whose mean kept share over the modalities
+  exceeds the other's by more than the margin is the teacher of the prediction:
+  the student's prediction regresses onto its stop-gradient prediction (L1 or MSE
+  as ``task``). Ties and near-ties transfer nothing: two views that both keep about
+  as much would only be pulled together (a consistency term, not a transfer), which
+  measured worse on the basic synthetic data (margin 0: +.041 Rand MAE over the
+  plain model, 3 seeds; margin 0.25: -.005). Since masks are independent, each view teaches on some
   samples and modalities and learns on others: the transfer runs both ways.
 * ``align`` (distribution alignment): per modality, the distribution of the
   students' homogeneous tokens is matched to that of the teachers' (CMD or MMD,
@@ -202,8 +206,9 @@ def transfer_pairs(
 def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Teacher -> student transfer over (teacher, student) pairs (see the module docstring).
 
-    For a pair and modality m, the rows (samples) where the teacher has the larger kept
-    share of m transfer m's homogeneous token; the rows where the teacher has more of the
+    For a pair and modality m, the rows (samples) where the teacher's kept share of m
+    exceeds the student's by more than ``cfg.distill_margin`` transfer m's homogeneous
+    token; the rows where the teacher has more (by the margin, in mean kept share) of the
     whole input transfer the prediction. Each contribution is weighted by its share of rows.
     """
     terms: dict[str, torch.Tensor] = {}
@@ -212,10 +217,10 @@ def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConf
         parts = []
         for teacher, student in pairs:
             for i, m in enumerate(MODALITIES):
-                rows = teacher.presence[:, i] > student.presence[:, i]
+                rows = teacher.presence[:, i] > student.presence[:, i] + cfg.distill_margin
                 if int(rows.sum()) >= 2:
                     parts.append(relative_mse(student.used[m][rows], teacher.homo[m][rows]) * rows.float().mean())
-            rows = teacher.presence.sum(dim=1) > student.presence.sum(dim=1)
+            rows = teacher.presence.mean(dim=1) > student.presence.mean(dim=1) + cfg.distill_margin
             if bool(rows.any()):
                 err = _task(student.pred[rows], teacher.pred[rows].detach(), cfg.task)
                 parts.append(err * rows.float().mean())
@@ -225,7 +230,7 @@ def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConf
         kwargs = {"order": cfg.cmd_order} if cfg.align_kind == "cmd" else {}
         values = []
         for i, m in enumerate(MODALITIES):
-            chosen = [(t, s, t.presence[:, i] > s.presence[:, i]) for t, s in pairs]
+            chosen = [(t, s, t.presence[:, i] > s.presence[:, i] + cfg.distill_margin) for t, s in pairs]
             teachers = torch.cat([t.homo[m][rows] for t, _, rows in chosen]).detach()
             students = torch.cat([s.used[m][rows] for _, s, rows in chosen])
             if teachers.shape[0] >= 4:

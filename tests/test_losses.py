@@ -172,6 +172,21 @@ def test_distillation_flows_from_the_view_that_has_the_modality_to_the_one_that_
         assert grad is None or grad.abs().sum() == 0
 
 
+@pytest.mark.parametrize(("margin", "transfers"), [(0.1, True), (0.25, False)])
+def test_distillation_transfers_only_where_the_teacher_has_more_than_the_margin(margin: float, transfers: bool) -> None:
+    config = with_overrides(_distill_only(), {"loss.distill_margin": margin})
+    _, views, labels = _views(config)
+    half = len(labels) // 2
+    presence = views[0].presence.clone()
+    presence[:half, 0] = 0.8  # view 0 keeps 80% of the text on its first half, view 1 all of it
+    a = dataclasses.replace(views[0], pred=views[0].pred.detach(), presence=presence)
+    b = dataclasses.replace(views[1], pred=views[1].pred.detach())
+    total, _ = fsrf_loss([a, b], labels, config.loss)
+    (student,) = torch.autograd.grad(total, [a.used["text"]], allow_unused=True)
+    moved = student is not None and bool(student[:half].abs().sum() > 0)
+    assert moved == transfers
+
+
 def test_prediction_distillation_runs_both_ways_with_a_stop_gradient_teacher() -> None:
     config = _distill_only()
     _, views, labels = _views(config)

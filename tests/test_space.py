@@ -111,7 +111,7 @@ def test_ray_optuna_search_suggests_configs_to_config_accepts(tmp_path: Path) ->
 TRIAL = {
     "loss.homo:off": False, "loss.homo": 0.5, "loss.diff:off": True, "loss.recon:off": False,
     "loss.recon": 1.5, "loss.noise:off": False, "loss.noise": 0.05, "loss.distill:off": False,
-    "loss.distill": 2.0, "loss.align:off": True, "loss.align": 0.0, "curriculum.kind": "linear",
+    "loss.distill": 2.0, "loss.distill_margin": 0.4, "loss.align:off": True, "loss.align": 0.0, "curriculum.kind": "linear",
     "curriculum.end": 0.6, "curriculum.start": 0.1, "curriculum.warmup_epochs": 1,
     "curriculum.ramp_epochs": 4,
     "missing.simulator": "random", "missing.complete_share": 0.25, "optim.lr": 1e-3,
@@ -124,6 +124,7 @@ def test_to_config_builds_the_trial_and_reads_store_round_trips() -> None:
     config = space.to_config(TRIAL)
     loss = config.loss
     assert (loss.homo, loss.diff, loss.align, loss.align_kind) == (0.5, 0.0, 0.0, "mmd")
+    assert loss.distill_margin == 0.4
     assert config.curriculum.build().to_dict() == {
         "kind": "linear", "start": 0.1, "end": 0.6, "warmup_epochs": 1, "ramp_epochs": 4}
     assert (config.optim.batch_size, config.train.epochs, config.model) == (32, 8, space.base.model)
