@@ -28,7 +28,7 @@ from fsrf._constants import PATTERN_TABLE, RANDOM_TABLE
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
 from fsrf.evaluate import RobustnessTable, modality_pattern_table, random_missing_table
-from fsrf.model import FSRF
+from fsrf.model import build_model
 
 
 def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 1111) -> dict[str, Any]:
@@ -38,7 +38,7 @@ def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 111
     dataset = load_dataset(cfg.data)
     result = train(cfg, out_dir=run_dir, dataset=dataset)
     state = load_checkpoint(run_dir / "best.pt")
-    model = FSRF(cfg)
+    model = build_model(cfg)
     model.load_state_dict(state["model"])
     common = {"dataset": dataset.name, "batch_size": cfg.train.eval_batch_size}
     random_rows = random_missing_table(model, dataset.test, split_name="test", seed=eval_seed, **common).rows

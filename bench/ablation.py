@@ -40,9 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from fsrf import (  # noqa: E402
-    FSRF,
     Config,
     FSRFError,
+    build_model,
     config_to_dict,
     load_checkpoint,
     load_config,
@@ -53,8 +53,8 @@ from fsrf import (  # noqa: E402
 from fsrf.evaluate import modality_pattern_table, random_missing_table  # noqa: E402
 
 _PLAIN = {
-    "loss.homo": 0.0, "loss.diff": 0.0, "loss.recon": 0.0, "loss.noise": 0.0,
-    "loss.recover": 0.0, "loss.distill": 0.0, "loss.align": 0.0, "model.recovery": False,
+    "model.homo": 0.0, "model.diff": 0.0, "model.recon": 0.0, "model.noise": 0.0,
+    "model.recover": 0.0, "model.distill": 0.0, "model.align": 0.0, "model.recovery": False,
 }
 VARIANTS: dict[str, dict[str, Any]] = {
     "full": {},
@@ -62,11 +62,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "plain": _PLAIN,
     "plain-mixed": {**_PLAIN, "missing.simulator": "mixed"},
     # no self-distillation between the views (factorization and recovery kept)
-    "no-distill": {"loss.distill": 0.0, "loss.align": 0.0},
+    "no-distill": {"model.distill": 0.0, "model.align": 0.0},
     # no factorization constraints (homo, diff, recon, noise); recovery and distillation kept
-    "no-factor": {"loss.homo": 0.0, "loss.diff": 0.0, "loss.recon": 0.0, "loss.noise": 0.0},
+    "no-factor": {"model.homo": 0.0, "model.diff": 0.0, "model.recon": 0.0, "model.noise": 0.0},
     # no recovery path (plain fusion of whatever is left); every loss term kept but recover
-    "no-recover": {"model.recovery": False, "loss.recover": 0.0},
+    "no-recover": {"model.recovery": False, "model.recover": 0.0},
 }
 METRICS = ("rand_mae", "high_mae", "pat_mae", "rand_f1", "pat_f1")
 F1 = "Non0_F1_score"
@@ -93,7 +93,7 @@ def run_one(config: Config, out_dir: str) -> dict[str, Any]:
     start = time.perf_counter()
     dataset = load_dataset(config.data)
     result = train(config, out_dir=out_dir, dataset=dataset, tensorboard=False)
-    model = FSRF(config)
+    model = build_model(config)
     model.load_state_dict(load_checkpoint(Path(out_dir) / "best.pt")["model"])
     common = {"dataset": dataset.name, "batch_size": config.train.eval_batch_size}
     random_rows = random_missing_table(

@@ -32,13 +32,12 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsrf import EVAL_RATES, FSRF, load_config, with_overrides  # noqa: E402
+from fsrf import EVAL_RATES, build_model, load_config, with_overrides  # noqa: E402
 from fsrf._rng import draw_seed, isolated_rng, make_generator  # noqa: E402
 from fsrf._run_data import load_dataset  # noqa: E402
-from fsrf._steps import EpochContext, train_epoch  # noqa: E402
+from fsrf._steps import EpochContext, step_loss, train_epoch  # noqa: E402
 from fsrf.evaluate import predict  # noqa: E402
-from fsrf.losses import fsrf_loss  # noqa: E402
-from fsrf.missing import apply_keep, eval_keep, training_rates  # noqa: E402
+from fsrf.missing import eval_keep  # noqa: E402
 
 
 def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
@@ -67,14 +66,9 @@ def step_flops(ctx: EpochContext) -> float:
     cfg, model = ctx.config, ctx.model
     gen = make_generator(0)
     _, batch = next(ctx.dataset.train.batches(cfg.optim.batch_size, generator=gen))
-    rates = training_rates(len(batch), max_rate=0.5, complete_share=0.2, generator=gen)
-    views = [apply_keep(batch.features, ctx.simulator.sample(batch.valid, rates, gen)) for _ in range(ctx.views)]
-    x = {m: torch.cat([v[m] for v in views]).to(ctx.device) for m in views[0]}
-    valid = {m: v.repeat(ctx.views, 1).to(ctx.device) for m, v in batch.valid.items()}
     counter = FlopCounterMode(display=False)
-    with counter, isolated_rng(draw_seed(gen), ctx.device):
-        out = model(x, valid, recon=True)
-        total, _ = fsrf_loss([o.float() for o in out.chunk(ctx.views)], batch.labels.to(ctx.device), cfg.loss)
+    with counter:
+        total, _ = step_loss(ctx, batch, max_rate=0.5)
         total.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
@@ -99,7 +93,7 @@ def main() -> None:
     dataset = load_dataset(config.data)
     gen = make_generator(config.train.seed)
     with isolated_rng(draw_seed(gen), device):
-        model = FSRF(config).to(device)
+        model = build_model(config).to(device)
     ctx = EpochContext.create(config, dataset, model, device, gen)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)

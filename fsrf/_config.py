@@ -1,10 +1,13 @@
 """Frozen configuration dataclasses, the single source of truth for a run.
 
 A YAML file is their serialised form: one mapping per section (``data``,
-``model``, ``loss``, ``curriculum``, ``missing``, ``optim``, ``train``). Dotted
-paths (``loss.homo``, ``curriculum.kind``) name a field everywhere: in
-``--set`` overrides, in search spaces and in the trial store's columns.
-Nothing mutates a config after construction; overrides build a new one.
+``model``, ``curriculum``, ``missing``, ``optim``, ``train``). The ``model``
+section belongs to the model that ``model.name`` names (default ``fsrf``): its
+architecture and its loss weights, with that model's per-dataset defaults for
+the keys a file does not give. Dotted paths (``model.homo``, ``curriculum.kind``)
+name a field everywhere: in ``--set`` overrides, in search spaces and in the
+trial store's columns. Nothing mutates a config after construction; overrides
+build a new one.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fsrf._constants import EVAL_RATES, MODALITIES
 from fsrf._errors import FSRFError
+from fsrf._validate import check, check_one_of, check_unit
 from fsrf.curriculum import CURRICULA, BaseCurriculum, build_curriculum
+from fsrf.model import BaseModelConfig, FSRFConfig, model_config_class, model_names
 
 DATASETS = ("synthetic", "mosi", "mosei", "sims")
 CURRICULUM_KINDS = ("constant", "linear", "step", "cosine", "exponential", "adaptive")
@@ -27,17 +32,7 @@ SYNTHETIC_KINDS = ("basic", "recovery")
 SYNTHETIC_LABELS = ("shared", "specific")
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise FSRFError(f"{key}: {message}")
-
-
-def _unit(value: float, key: str) -> None:
-    _check(0.0 <= value <= 1.0, key, f"{value!r} is out of range, expected a value in [0, 1]")
-
-
-def _one_of(value: str, key: str, allowed: Sequence[str]) -> None:
-    _check(value in allowed, key, f"{value!r} is not one of {', '.join(allowed)}")
+_check, _unit, _one_of = check, check_unit, check_one_of
 
 
 @dataclass(frozen=True)
@@ -82,69 +77,6 @@ class DataConfig:
     def lengths(self) -> dict[str, int]:
         """Padded sequence length per modality, in modality order."""
         return {m: getattr(self, f"{m}_len") for m in MODALITIES}
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """Encoders, factorization and fusion sizes."""
-
-    hidden: int = 64
-    heads: int = 4
-    encoder_layers: int = 1
-    fusion_layers: int = 1
-    ff_mult: int = 2
-    dropout: float = 0.1
-    downsample: int = 1
-    recovery: bool = True
-    absent_at: float = 0.0
-    noise_dim: int = 8
-
-    def __post_init__(self) -> None:
-        _check(self.hidden >= 1, "hidden", f"{self.hidden} must be >= 1")
-        _unit(self.absent_at, "absent_at")
-        _check(self.noise_dim >= 1, "noise_dim", f"{self.noise_dim} must be >= 1")
-        _check(self.heads >= 1, "heads", f"{self.heads} must be >= 1")
-        _check(
-            self.hidden % self.heads == 0,
-            "heads",
-            f"{self.heads} must divide model.hidden={self.hidden}",
-        )
-        for key in ("encoder_layers", "fusion_layers", "ff_mult", "downsample"):
-            _check(getattr(self, key) >= 1, key, f"{getattr(self, key)} must be >= 1")
-        _check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Loss weights; a weight of 0 skips that term's computation."""
-
-    task: str = "l1"
-    homo: float = 0.8
-    diff: float = 0.3
-    recon: float = 1.0
-    noise: float = 1.0
-    recover: float = 1.0
-    distill: float = 1.0
-    align: float = 0.5
-    align_kind: str = "mmd"
-    cmd_order: int = 5
-    teacher: str = "views"
-    distill_margin: float = 0.25
-
-    def __post_init__(self) -> None:
-        _one_of(self.task, "task", ("l1", "mse"))
-        _unit(self.distill_margin, "distill_margin")
-        _one_of(self.align_kind, "align_kind", ("cmd", "mmd"))
-        _one_of(self.teacher, "teacher", ("views", "complete", "both"))
-        _check(self.cmd_order >= 1, "cmd_order", f"{self.cmd_order} must be >= 1")
-        for key in self.weight_names():
-            value = getattr(self, key)
-            _check(value >= 0.0, key, f"{value} is negative, expected a weight >= 0")
-
-    @staticmethod
-    def weight_names() -> tuple[str, ...]:
-        """The auxiliary terms' weight fields (the task term has weight 1)."""
-        return ("homo", "diff", "recon", "noise", "recover", "distill", "align")
 
 
 @dataclass(frozen=True)
@@ -227,6 +159,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     eval_batch_size: int = 256
     num_threads: int = 0
+    task_loss: str = "l1"
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "epochs", f"{self.epochs} must be >= 1")
@@ -240,6 +173,7 @@ class TrainConfig:
         _check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         _check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
         _check(self.num_threads >= 0, "num_threads", "must be >= 0 (0 = torch's default)")
+        _one_of(self.task_loss, "task_loss", ("l1", "mse"))
 
 
 @dataclass(frozen=True)
@@ -247,8 +181,7 @@ class Config:
     """A whole run."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
+    model: BaseModelConfig = field(default_factory=FSRFConfig)
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     missing: MissingConfig = field(default_factory=MissingConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -257,8 +190,7 @@ class Config:
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
-    "model": ModelConfig,
-    "loss": LossConfig,
+    "model": BaseModelConfig,  # the class of the model `model.name` names
     "curriculum": CurriculumConfig,
     "missing": MissingConfig,
     "optim": OptimConfig,
@@ -267,7 +199,9 @@ SECTIONS: dict[str, type] = {
 
 
 def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """Each dataclass field's type hint (class variables are not fields)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -294,43 +228,80 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     raise FSRFError(f"{key}: {value!r} has type {type(value).__name__}, expected {name}")
 
 
+_LEGACY = {
+    "loss": "this config is from before the model contract: the `loss` section's weights moved into "
+            "the `model` section (loss.homo -> model.homo, ...) and loss.task to train.task_loss",
+}
+
+
+def _build_section(cls: type, name: str, section: Mapping[str, Any], source: str,
+                   defaults: Mapping[str, Any] | None = None) -> Any:
+    """``cls(**section)`` with every key and value checked; one-line errors naming ``source``."""
+    hints = _field_types(cls)
+    kwargs: dict[str, Any] = dict(defaults or {})
+    for key, value in section.items():
+        dotted = f"{name}.{key}"
+        if key not in hints:
+            raise FSRFError(f"{source}: {_unknown_key(name, key, hints, section)}")
+        try:
+            kwargs[key] = _coerce(value, hints[key], dotted)
+        except FSRFError as err:
+            raise FSRFError(f"{source}: {err}") from None
+    try:
+        return cls(**kwargs)
+    except FSRFError as err:
+        raise FSRFError(f"{source}: {name}.{err}") from None
+
+
+def _unknown_key(name: str, key: str, hints: Mapping[str, Any], section: Mapping[str, Any]) -> str:
+    dotted = f"{name}.{key}"
+    if name == "model":
+        model = section.get("name", FSRFConfig.name)
+        owners = [m for m in model_names() if m != model and key in _field_types(model_config_class(m))]
+        if owners:
+            return f"{dotted} is a key of model {', '.join(owners)}, not of {model!r} (model.name)"
+        return f"unknown key {dotted!r} for model {model!r} (known: {', '.join(hints)})"
+    return f"unknown key {dotted!r} (known: {', '.join(hints)})"
+
+
 def config_from_dict(raw: Mapping[str, Any], *, source: str = "config") -> Config:
     """Build and validate a :class:`Config` from nested mappings.
 
-    Missing sections and keys take their defaults.
+    Missing sections and keys take their defaults; the ``model`` section is the section of
+    the model ``model.name`` names (``fsrf`` if none), and its missing keys take that model's
+    defaults for ``data.dataset``.
 
     Raises:
         FSRFError: one line naming ``source`` and the offending dotted key.
     """
     if not isinstance(raw, Mapping):
         raise FSRFError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
-    sections: dict[str, Any] = {}
+    given: dict[str, Mapping[str, Any]] = {}
     for name, section in raw.items():
+        if name in _LEGACY:
+            raise FSRFError(f"{source}: section {name!r}: {_LEGACY[name]}")
         if name not in SECTIONS:
-            raise FSRFError(
-                f"{source}: unknown section {name!r} (known: {', '.join(SECTIONS)})"
-            )
-        cls = SECTIONS[name]
-        if section is None:
-            section = {}
+            raise FSRFError(f"{source}: unknown section {name!r} (known: {', '.join(SECTIONS)})")
+        section = {} if section is None else section
         if not isinstance(section, Mapping):
             raise FSRFError(f"{source}: section {name!r} must be a mapping")
-        hints = _field_types(cls)
-        kwargs: dict[str, Any] = {}
-        for key, value in section.items():
-            dotted = f"{name}.{key}"
-            if key not in hints:
-                raise FSRFError(
-                    f"{source}: unknown key {dotted!r} (known: {', '.join(hints)})"
-                )
-            try:
-                kwargs[key] = _coerce(value, hints[key], dotted)
-            except FSRFError as err:
-                raise FSRFError(f"{source}: {err}") from None
-        try:
-            sections[name] = cls(**kwargs)
-        except FSRFError as err:
-            raise FSRFError(f"{source}: {name}.{err}") from None
+        given[name] = section
+    sections: dict[str, Any] = {
+        name: _build_section(cls, name, given[name], source)
+        for name, cls in SECTIONS.items()
+        if name in given and name != "model"
+    }
+    model = given.get("model", {})
+    model_name = model.get("name", FSRFConfig.name)
+    if not isinstance(model_name, str):
+        raise FSRFError(f"{source}: model.name: {model_name!r} is not a string")
+    try:
+        cls = model_config_class(model_name)
+    except FSRFError as err:
+        raise FSRFError(f"{source}: {err}") from None
+    dataset = sections.get("data", DataConfig()).dataset
+    defaults = {k: v for k, v in cls.dataset_defaults.get(dataset, {}).items() if k not in model}
+    sections["model"] = _build_section(cls, "model", model, source, defaults)
     return Config(**sections)
 
 
@@ -344,7 +315,7 @@ def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
 
 
 def flatten_config(config: Config) -> dict[str, Any]:
-    """``{"loss.homo": 0.8, ...}``: every field by its dotted path."""
+    """``{"model.homo": 0.8, ...}``: every field by its dotted path."""
     return {
         f"{section}.{key}": value
         for section, fields in config_to_dict(config).items()
@@ -353,18 +324,28 @@ def flatten_config(config: Config) -> dict[str, Any]:
 
 
 def with_overrides(config: Config, overrides: Mapping[str, Any], *, source: str = "overrides") -> Config:
-    """A new config with dotted-path values replaced (``{"loss.homo": 0.5}``)."""
+    """A new config with dotted-path values replaced (``{"model.homo": 0.5}``; a new ``model.name`` starts from that model's defaults)."""
     raw = config_to_dict(config)
+    name = overrides.get("model.name", raw["model"]["name"])
+    if name != raw["model"]["name"]:  # another model: its own section, with its defaults
+        raw["model"] = {"name": name}
+        try:
+            model_config_class(name)
+        except FSRFError as err:
+            raise FSRFError(f"{source}: {err}") from None
+        section_keys = set(_field_types(model_config_class(name)))
+    else:
+        section_keys = set(raw["model"])
     for dotted, value in overrides.items():
         section, _, key = dotted.partition(".")
         if section not in raw or not key:
             raise FSRFError(
-                f"{source}: {dotted!r} is not a dotted config path like 'loss.homo' "
+                f"{source}: {dotted!r} is not a dotted config path like 'model.homo' "
                 f"(sections: {', '.join(SECTIONS)})"
             )
-        if key not in raw[section]:
-            raise FSRFError(
-                f"{source}: unknown key {dotted!r} (known: {', '.join(raw[section])})"
-            )
+        known = section_keys if section == "model" else raw[section]
+        if key not in known:
+            message = _unknown_key(section, key, dict.fromkeys(known), {"name": name})
+            raise FSRFError(f"{source}: {message}")
         raw[section][key] = value
     return config_from_dict(raw, source=source)

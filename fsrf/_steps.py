@@ -15,12 +15,11 @@ from fsrf._constants import MODALITIES, VALID, rate_key, robust_key
 from fsrf._device import autocast
 from fsrf._errors import NonFiniteLossError
 from fsrf._rng import draw_seed, isolated_rng
-from fsrf.data import MultimodalDataset
+from fsrf.data import Batch, MultimodalDataset
 from fsrf.evaluate import mean_row, predict
-from fsrf.losses import fsrf_loss, needs_teacher, needs_two_views
 from fsrf.metrics import regression_metrics
 from fsrf.missing import BaseMissingness, apply_keep, build_simulator, eval_keep, training_rates
-from fsrf.model import FSRF
+from fsrf.model import BaseModel, TrainBatch, total_loss
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,12 +28,12 @@ class EpochContext:
 
     config: Config
     dataset: MultimodalDataset
-    model: FSRF
+    model: BaseModel
     device: torch.device
     generator: torch.Generator
     simulator: BaseMissingness
     views: int
-    teacher: bool
+    weights: dict[str, float]
     valid_keep: dict[float, dict[str, torch.Tensor]]
 
     @classmethod
@@ -42,7 +41,7 @@ class EpochContext:
         cls,
         config: Config,
         dataset: MultimodalDataset,
-        model: FSRF,
+        model: BaseModel,
         device: torch.device,
         generator: torch.Generator,
     ) -> EpochContext:
@@ -59,10 +58,27 @@ class EpochContext:
             device=device,
             generator=generator,
             simulator=build_simulator(mc.simulator, **kwargs),
-            views=2 if needs_two_views(config.loss) else 1,
-            teacher=needs_teacher(config.loss),
+            views=model.training_views(),
+            weights=config.model.weights(),
             valid_keep=valid_keep,
         )
+
+
+def step_loss(ctx: EpochContext, batch: Batch, *, max_rate: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Draw the views of one batch, run the model's training step, form the loss (no backward)."""
+    cfg, model, device, gen = ctx.config, ctx.model, ctx.device, ctx.generator
+    rates = training_rates(len(batch), max_rate=max_rate, complete_share=cfg.missing.complete_share, generator=gen)
+    keeps = [ctx.simulator.sample(batch.valid, rates, gen) for _ in range(ctx.views)]
+    views = [apply_keep(batch.features, k) for k in keeps]
+    x = {m: torch.cat([v[m] for v in views]).to(device, non_blocking=True) for m in MODALITIES}  # (V*B, T_m, D_m)
+    keep = {m: torch.cat([k[m] for k in keeps]).to(device, non_blocking=True) for m in MODALITIES}
+    valid = {m: batch.valid[m].repeat(ctx.views, 1).to(device, non_blocking=True) for m in MODALITIES}
+    labels = batch.labels.to(device, non_blocking=True)
+    step_batch = TrainBatch(features=x, valid=valid, keep=keep, labels=labels, complete=batch.features,
+                            views=ctx.views, task=cfg.train.task_loss)
+    with isolated_rng(draw_seed(gen), device), autocast(device, cfg.train.precision):
+        step = model.training_step(step_batch)
+    return total_loss(step, labels, ctx.weights, task=cfg.train.task_loss)
 
 
 def train_epoch(
@@ -74,7 +90,7 @@ def train_epoch(
     max_rate: float,
 ) -> dict[str, float]:
     """Train one epoch at the curriculum's ``max_rate``; return the mean of every loss term."""
-    cfg, model, device, gen = ctx.config, ctx.model, ctx.device, ctx.generator
+    cfg, model, gen = ctx.config, ctx.model, ctx.generator
     split = ctx.dataset.train
     model.train()
     sums: dict[str, torch.Tensor] = {}
@@ -82,25 +98,11 @@ def train_epoch(
     bs = cfg.optim.batch_size
     for _, batch in split.batches(bs, generator=gen, drop_last=len(split) >= bs):
         n = len(batch)
-        rates = training_rates(n, max_rate=max_rate, complete_share=cfg.missing.complete_share, generator=gen)
-        keeps = [ctx.simulator.sample(batch.valid, rates, gen) for _ in range(ctx.views)]
-        views = [apply_keep(batch.features, k) for k in keeps]
-        x = {m: torch.cat([v[m] for v in views]).to(device, non_blocking=True) for m in MODALITIES}  # (V*B, T_m, D_m)
-        keep = {m: torch.cat([k[m] for k in keeps]).to(device, non_blocking=True) for m in MODALITIES}
-        valid = {m: batch.valid[m].repeat(ctx.views, 1).to(device, non_blocking=True) for m in MODALITIES}
-        labels = batch.labels.to(device, non_blocking=True)
-        teacher = None
-        with isolated_rng(draw_seed(gen), device), autocast(device, cfg.train.precision):
-            out = model(x, valid, keep=keep, recon=cfg.loss.recon > 0)
-            if ctx.teacher:
-                with torch.no_grad():
-                    complete = {m: batch.features[m].to(device, non_blocking=True) for m in MODALITIES}
-                    teacher = model(complete, {m: v[: len(batch)] for m, v in valid.items()}).float()
-        total, terms = fsrf_loss([o.float() for o in out.chunk(ctx.views)], labels, cfg.loss, teacher=teacher)
+        total, terms = step_loss(ctx, batch, max_rate=max_rate)
         values = torch.stack(list(terms.values()))
         if not bool(torch.isfinite(values).all()):
             name, value = next((k, float(v)) for k, v in terms.items() if not math.isfinite(float(v)))
-            hint = "optim.lr" if name in ("total", "task") else f"loss.{name} or optim.lr"
+            hint = "optim.lr" if name in ("total", "task") else f"model.{name} or optim.lr"
             raise NonFiniteLossError(f"epoch {epoch}: loss term {name!r} is {value} (lower {hint})")
         optimizer.zero_grad(set_to_none=True)
         total.backward()

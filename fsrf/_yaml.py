@@ -32,7 +32,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
 
 
 def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """``["loss.homo=0.5", "train.epochs=3"]`` -> ``{"loss.homo": 0.5, "train.epochs": 3}``.
+    """``["model.homo=0.5", "train.epochs=3"]`` -> ``{"model.homo": 0.5, "train.epochs": 3}``.
 
     Values are parsed as YAML scalars or lists (``missing.valid_rates=[0.0,0.5]``).
     """
@@ -40,7 +40,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise FSRFError(f"--set {pair!r}: expected KEY=VALUE, e.g. loss.homo=0.5")
+            raise FSRFError(f"--set {pair!r}: expected KEY=VALUE, e.g. model.homo=0.5")
         try:
             out[key.strip()] = yaml.safe_load(value)
         except yaml.YAMLError:

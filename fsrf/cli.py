@@ -5,6 +5,7 @@
     fsrf train --config configs/mosi.yaml --out runs/mosi --resume      # continue from runs/mosi/last.pt
     fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
     fsrf probe --checkpoint runs/demo/best.pt        # do the parts hold what they should? (R^2 table)
+    fsrf models                                      # the registered models: paper, faithful, reconstructed
     fsrf tune --space tuning/spaces/mosi.yaml --data ... --name mosi-robust   # = python tune.py ...
 
 Bad input prints one line ``fsrf: error: ...`` and exits with status 2.
@@ -55,7 +56,7 @@ def _restore(args: argparse.Namespace) -> tuple:
     from fsrf._config import with_overrides
     from fsrf._device import resolve_device
     from fsrf._run_data import load_dataset
-    from fsrf.model import FSRF
+    from fsrf.model import build_model
 
     state = load_checkpoint(args.checkpoint)
     config = checkpoint_config(state, source=str(args.checkpoint))
@@ -63,7 +64,7 @@ def _restore(args: argparse.Namespace) -> tuple:
         config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
     device = resolve_device(args.device)
     dataset = load_dataset(config.data)
-    model = FSRF(config)
+    model = build_model(config)
     model.load_state_dict(state["model"])
     model.to(device)
     return state, config, dataset, model, device
@@ -96,6 +97,9 @@ def _probe(args: argparse.Namespace) -> int:
     from fsrf.probe import planted_factors, probe
 
     _, config, dataset, model, device = _restore(args)
+    if config.model.name != "fsrf":
+        raise FSRFError(f"--checkpoint: {args.checkpoint} holds model {config.model.name!r}; "
+                        "fsrf probe reads FSRF's parts (model.name: fsrf)")
     factors: dict = {"fit_factors": None, "score_factors": None}
     if config.data.dataset == "synthetic" and config.data.path is None:
         generated = synthetic_data(config.data)  # the same seed gives the same samples and factors
@@ -106,6 +110,20 @@ def _probe(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "probe.json"
     atomic_write_text(out, json.dumps(report.to_dict(), indent=2))
     print(f"wrote {out}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    import textwrap
+
+    from fsrf.model import model_class, model_names
+
+    for name in model_names():
+        cls = model_class(name)
+        print(f"{name}: {cls.paper}")
+        for label, text in (("faithful", cls.faithful), ("reconstructed", cls.deviations)):
+            print(textwrap.fill(text, width=100, initial_indent=f"    {label}: ", subsequent_indent=" " * 8,
+                                break_on_hyphens=False))
     return 0
 
 
@@ -122,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="MMSA pickle; overrides data.path")
     p.add_argument("--out", type=Path, required=True, help="run directory for checkpoints, history, TensorBoard")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value by dotted path, e.g. --set loss.homo=0.5 (repeatable)")
+                   help="override a config value by dotted path, e.g. --set model.homo=0.5 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -143,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--out", type=Path, default=None, help="JSON file to write (default: probe.json beside the checkpoint)")
     p.set_defaults(func=_probe)
+
+    p = sub.add_parser("models", help="the registered models (model.name): paper, what is faithful, what is reconstructed")
+    p.set_defaults(func=_models)
     return parser
 
 

@@ -24,14 +24,14 @@ from fsrf._yaml import atomic_write_text
 from fsrf.data import Split
 from fsrf.metrics import regression_metrics
 from fsrf.missing import apply_keep, eval_keep, pattern_keep
-from fsrf.model import FSRF
+from fsrf.model import BaseModel
 
 AVERAGE = "Average"
 
 
 @torch.no_grad()
 def predict(
-    model: FSRF,
+    model: BaseModel,
     split: Split,
     *,
     keep: Mapping[str, torch.Tensor] | None,
@@ -118,7 +118,7 @@ def mean_row(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
 
 def random_missing_table(
-    model: FSRF,
+    model: BaseModel,
     split: Split,
     *,
     dataset: str,
@@ -141,7 +141,7 @@ def random_missing_table(
 
 
 def modality_pattern_table(
-    model: FSRF,
+    model: BaseModel,
     split: Split,
     *,
     dataset: str,

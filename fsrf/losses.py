@@ -9,9 +9,10 @@ they are compared, and regression targets are judged relative to their own
 variance. Multiplying c_m, s_m, n_m, r_m by 0.01 changes no term, so no term can be
 won by shrinking the representations (the flaw of CMD on raw MLP outputs).
 
-Terms (weights in :class:`fsrf.LossConfig`; a weight of 0 skips the term):
+Terms (weights in FSRF's config section, :class:`fsrf.model.FSRFConfig`; a weight of 0
+skips the term). The trainer adds the task term (L1 or MSE, ``train.task_loss``, averaged
+over the views) for every model; :func:`fsrf_terms` gives FSRF's own:
 
-* ``task``: L1 or MSE between prediction and label, averaged over the views.
 * ``homo`` (factorization, similarity): 1 - the mean per-dimension correlation
   between the homogeneous parts c_a, c_b of every modality pair, over the samples
   where both are present. The modalities share only the sentiment-bearing
@@ -59,13 +60,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
 
-from fsrf._config import LossConfig
 from fsrf._constants import MODALITIES
-from fsrf.model import FSRFOutput
+from fsrf.model._base import StepOutput, total_loss
+
+if TYPE_CHECKING:
+    from fsrf.model.zoo.fsrf import FSRFConfig, FSRFOutput
 
 TERMS: tuple[str, ...] = ("task", "homo", "diff", "recon", "noise", "recover", "distill", "align")
 """Every loss term's name, in logging order (``total`` is their weighted sum)."""
@@ -152,9 +156,9 @@ def _mean(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.stack(values).mean() if values else like.new_zeros(())
 
 
-def _view_terms(out: FSRFOutput, labels: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
+def _view_terms(out: FSRFOutput, labels: torch.Tensor, cfg: FSRFConfig) -> dict[str, torch.Tensor]:
     """Terms that each view contributes on its own."""
-    terms = {"task": _task(out.pred, labels, cfg.task)}
+    terms: dict[str, torch.Tensor] = {}
     zero = out.pred.new_zeros(())
     present = ~out.absent & (out.presence > 0)  # (B, M): the modality's own parts are real
     if cfg.homo > 0:
@@ -203,7 +207,9 @@ def transfer_pairs(
     return pairs
 
 
-def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConfig) -> dict[str, torch.Tensor]:
+def _distill_terms(
+    pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: FSRFConfig, *, task: str
+) -> dict[str, torch.Tensor]:
     """Teacher -> student transfer over (teacher, student) pairs (see the module docstring).
 
     For a pair and modality m, the rows (samples) where the teacher's kept share of m
@@ -222,7 +228,7 @@ def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConf
                     parts.append(relative_mse(student.used[m][rows], teacher.homo[m][rows]) * rows.float().mean())
             rows = teacher.presence.mean(dim=1) > student.presence.mean(dim=1) + cfg.distill_margin
             if bool(rows.any()):
-                err = _task(student.pred[rows], teacher.pred[rows].detach(), cfg.task)
+                err = _task(student.pred[rows], teacher.pred[rows].detach(), task)
                 parts.append(err * rows.float().mean())
         terms["distill"] = sum(parts, zero) / len(pairs) * 2  # two views' worth, whatever the mode
     if cfg.align > 0:
@@ -239,21 +245,23 @@ def _distill_terms(pairs: Sequence[tuple[FSRFOutput, FSRFOutput]], cfg: LossConf
     return terms
 
 
-def fsrf_loss(
-    views: Sequence[FSRFOutput], labels: torch.Tensor, cfg: LossConfig, *, teacher: FSRFOutput | None = None
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted training loss over one or two incomplete views of a batch.
+def fsrf_terms(
+    views: Sequence[FSRFOutput],
+    labels: torch.Tensor,
+    cfg: FSRFConfig,
+    *,
+    teacher: FSRFOutput | None = None,
+    task: str = "l1",
+) -> dict[str, torch.Tensor]:
+    """FSRF's own loss terms (unweighted) over one or two incomplete views of a batch.
 
     Args:
-        views: the model's output for each view (same samples, independent masks).
+        views: the model's output for each view (same samples, independent masks), float32.
         labels: (B,) targets.
-        cfg: the loss weights.
+        cfg: FSRF's config section (which terms, their settings).
         teacher: the model's output on the complete batch, computed without gradient
-            (``loss.teacher: complete | both``); None otherwise.
-
-    Returns:
-        ``(total, terms)``: the scalar to minimise, and every computed term
-        (unweighted, detached) by name, ``total`` included.
+            (``model.teacher: complete | both``); None otherwise.
+        task: ``l1`` or ``mse``, the form of the prediction distillation (as the task term).
     """
     per_view = [_view_terms(v, labels, cfg) for v in views]
     terms = {k: sum(t[k] for t in per_view) / len(views) for k in per_view[0]}
@@ -264,18 +272,34 @@ def fsrf_loss(
         ]).mean()
     pairs = transfer_pairs(views, teacher, mode=cfg.teacher)
     if pairs:
-        terms.update(_distill_terms(pairs, cfg))
-    total = terms["task"] + sum(getattr(cfg, k) * v for k, v in terms.items() if k != "task")
-    logged = {k: v.detach() for k, v in terms.items()}
-    logged["total"] = total.detach()
-    return total, logged
+        terms.update(_distill_terms(pairs, cfg, task=task))
+    return terms
 
 
-def needs_two_views(cfg: LossConfig) -> bool:
+def fsrf_loss(
+    views: Sequence[FSRFOutput],
+    labels: torch.Tensor,
+    cfg: FSRFConfig,
+    *,
+    teacher: FSRFOutput | None = None,
+    task: str = "l1",
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The whole training loss the trainer forms for FSRF: task + weighted :func:`fsrf_terms`.
+
+    Returns:
+        ``(total, terms)``: the scalar to minimise, and every computed term (unweighted,
+        detached) by name, ``task`` and ``total`` included.
+    """
+    step = StepOutput(preds=[v.pred for v in views],
+                      terms=fsrf_terms(views, labels, cfg, teacher=teacher, task=task))
+    return total_loss(step, labels, cfg.weights(), task=task)
+
+
+def needs_two_views(cfg: FSRFConfig) -> bool:
     """Distillation between views needs two; without it (or with the complete teacher alone) one suffices."""
     return (cfg.distill > 0 or cfg.align > 0) and cfg.teacher in ("views", "both")
 
 
-def needs_teacher(cfg: LossConfig) -> bool:
+def needs_teacher(cfg: FSRFConfig) -> bool:
     """Whether the trainer runs the complete batch through the model (no gradient) as a teacher."""
     return (cfg.distill > 0 or cfg.align > 0) and cfg.teacher in ("complete", "both")

@@ -49,7 +49,7 @@ from fsrf._run_data import check_shapes, load_dataset
 from fsrf._steps import EpochContext, train_epoch, validate
 from fsrf._yaml import atomic_write_text, save_config
 from fsrf.data import MultimodalDataset
-from fsrf.model import FSRF
+from fsrf.model import build_model
 
 Report = Callable[[dict[str, float], "Path | None"], None]
 """``report(metrics, checkpoint)``: called once per epoch; ``checkpoint`` is the
@@ -140,7 +140,7 @@ def train(
 
     generator = make_generator(tc.seed)
     with isolated_rng(draw_seed(generator), device):
-        model = FSRF(config).to(device)
+        model = build_model(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     n_train = len(dataset.train)
     steps = max(1, n_train // config.optim.batch_size) if n_train >= config.optim.batch_size else 1

@@ -110,7 +110,7 @@ def test_leaderboard_ranks_by_best_value_and_agrees_with_the_search_summary(
 
 def test_leaderboard_shows_the_parameters_that_differ(exp: Experiment) -> None:
     params = differing_params(exp)
-    assert params[0] == "curriculum.kind" and "optim.lr" in params and "loss.homo:off" in params
+    assert params[0] == "curriculum.kind" and "optim.lr" in params and "model.homo:off" in params
     assert "missing.simulator" in params
     row = leaderboard(exp, top=1)[0]
     assert set(params) <= set(row)
@@ -172,8 +172,8 @@ def test_export_writes_the_complete_config_that_fsrf_train_takes(
     assert config.train.epochs == EPOCHS and config.train.checkpoint_every == 1  # the search's --max-epochs
     assert config.train.select_metric == space.metric and config.train.patience == 0  # the space's `fixed`
     assert config.model.hidden == space.base.model.hidden  # not only the searched fields
-    if best["loss.homo:off"]:
-        assert config.loss.homo == 0.0
+    if best["model.homo:off"]:
+        assert config.model.homo == 0.0
     # fsrf train takes it: one epoch on small synthetic data
     small = with_overrides(config, {  # sizes only; every searched and fixed value stays as exported
         "data.text_len": 12, "data.audio_len": 16, "data.vision_len": 16, "data.synthetic_train": 64,
@@ -227,8 +227,8 @@ def test_optuna_bridge_reads_back_with_optuna(tmp_path: Path, exp: Experiment, k
             assert trial.value is None and trial.user_attrs["error"] == stored["error"]
         assert trial.params["optim.lr"] == pytest.approx(stored["config.optim.lr"])
         # switches always, conditional params only where sampled, the config rebuilds from the params
-        assert "loss.homo:off" in trial.params
-        assert ("loss.homo" in trial.params) != trial.params["loss.homo:off"]
+        assert "model.homo:off" in trial.params
+        assert ("model.homo" in trial.params) != trial.params["model.homo:off"]
         assert ("curriculum.sharpness" in trial.params) == (trial.params["curriculum.kind"] == "exponential")
         space.to_config(trial.params)
     assert study.best_trial.user_attrs["trial_id"] == leaderboard(exp, top=1, status="complete",

@@ -53,8 +53,8 @@ def test_train_then_evaluate(tiny_yaml: Path, tmp_path: Path, capsys: pytest.Cap
 
 
 def test_bad_config_key(tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["train", "--config", str(tiny_yaml), "--out", str(tmp_path / "r"), "--set", "loss.homoo=1"])
-    assert code == 2 and "loss.homoo" in _error_line(capsys)
+    code = main(["train", "--config", str(tiny_yaml), "--out", str(tmp_path / "r"), "--set", "model.homoo=1"])
+    assert code == 2 and "model.homoo" in _error_line(capsys)
 
 
 def test_missing_data_file(tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,21 +6,35 @@ from pathlib import Path
 
 import pytest
 
-from fsrf import Config, FSRFError, config_from_dict, config_to_dict, flatten_config, load_config, save_config, with_overrides
+from fsrf import (
+    Config,
+    FSRFError,
+    config_from_dict,
+    config_to_dict,
+    flatten_config,
+    load_config,
+    save_config,
+    with_overrides,
+)
+from fsrf.model import model_names
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SHIPPED = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
-def test_the_dataset_and_benchmark_configs_are_shipped() -> None:
+def test_the_dataset_and_benchmark_configs_are_shipped_and_one_per_other_model() -> None:
+    others = {n for n in model_names() if n != "fsrf"}
     assert {p.stem for p in SHIPPED} == {"synthetic", "mosi", "mosei", "sims", "recovery",
-                                         "recovery-control-labels", "recovery-control-specific"}
+                                         "recovery-control-labels", "recovery-control-specific"} | others
+    for name in others:
+        assert load_config(CONFIG_DIR / f"{name}.yaml").model.name == name
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_config_loads_and_names_every_field(path: Path) -> None:
     config = load_config(path)
-    assert config.data.dataset == ("synthetic" if path.stem.startswith("recovery") else path.stem)
+    expected = path.stem if path.stem in ("synthetic", "mosi", "mosei", "sims") else "synthetic"
+    assert config.data.dataset == expected
     # every key is written out (and so explained) in the file
     text = path.read_text()
     for dotted in flatten_config(config):
@@ -38,7 +52,7 @@ def test_mmsa_shapes_in_modality_order() -> None:
 
 
 def test_round_trip_through_yaml(tmp_path: Path) -> None:
-    config = load_config(None, ["loss.homo=0.25", "missing.valid_rates=[0.0, 0.5]", "curriculum.kind=step"])
+    config = load_config(None, ["model.homo=0.25", "missing.valid_rates=[0.0, 0.5]", "curriculum.kind=step"])
     save_config(config, tmp_path / "c.yaml", provenance={"note": "test"})
     assert load_config(tmp_path / "c.yaml") == config
     assert config_from_dict(config_to_dict(config)) == config
@@ -46,20 +60,20 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
 
 def test_overrides_build_a_new_config() -> None:
     base = Config()
-    changed = with_overrides(base, {"loss.homo": 0.1, "train.epochs": 3})
-    assert changed.loss.homo == 0.1 and changed.train.epochs == 3
-    assert base.loss.homo == 0.8  # untouched
+    changed = with_overrides(base, {"model.homo": 0.1, "train.epochs": 3})
+    assert changed.model.homo == 0.1 and changed.train.epochs == 3
+    assert base.model.homo == 0.8  # untouched
     with pytest.raises(Exception):
-        base.loss.homo = 0.5  # type: ignore[misc]  # frozen
+        base.model.homo = 0.5  # type: ignore[misc]  # frozen
 
 
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        (["loss.hom=1"], "loss.hom"),
+        (["model.hom=1"], "model.hom"),
         (["los.homo=1"], "los.homo"),
-        (["loss.homo=-1"], "loss.homo"),
-        (["loss.homo=abc"], "loss.homo"),
+        (["model.homo=-1"], "model.homo"),
+        (["model.homo=abc"], "model.homo"),
         (["train.epochs=1.5"], "train.epochs"),
         (["train.epochs=true"], "train.epochs"),
         (["model.heads=3"], "model.heads"),

@@ -130,8 +130,8 @@ def _scaled(view, factor: float):
 def test_shrinking_the_representations_does_not_lower_any_term(term: str) -> None:
     config = with_overrides(Config(), {"optim.batch_size": 16})
     _, views, labels = _views(config)
-    _, terms = fsrf_loss(views, labels, config.loss)
-    _, shrunk = fsrf_loss([_scaled(v, 0.01) for v in views], labels, config.loss)
+    _, terms = fsrf_loss(views, labels, config.model)
+    _, shrunk = fsrf_loss([_scaled(v, 0.01) for v in views], labels, config.model)
     assert terms[term].item() > 0
     assert shrunk[term].item() == pytest.approx(terms[term].item(), rel=2e-3, abs=1e-5)
 
@@ -139,29 +139,29 @@ def test_shrinking_the_representations_does_not_lower_any_term(term: str) -> Non
 def test_every_term_is_reported_and_total_is_their_weighted_sum() -> None:
     config = Config()
     _, views, labels = _views(config)
-    total, terms = fsrf_loss(views, labels, config.loss)
+    total, terms = fsrf_loss(views, labels, config.model)
     assert set(terms) == {*TERMS, "total"}
-    expected = terms["task"] + sum(getattr(config.loss, k) * terms[k] for k in TERMS if k != "task")
+    expected = terms["task"] + sum(getattr(config.model, k) * terms[k] for k in TERMS if k != "task")
     assert torch.allclose(total.detach(), expected)
 
 
 def test_zero_weight_skips_the_term() -> None:
-    config = with_overrides(Config(), {"loss.homo": 0.0, "loss.distill": 0.0, "loss.align": 0.0})
-    assert not needs_two_views(config.loss)
+    config = with_overrides(Config(), {"model.homo": 0.0, "model.distill": 0.0, "model.align": 0.0})
+    assert not needs_two_views(config.model)
     _, views, labels = _views(config)
-    _, terms = fsrf_loss(views[:1], labels, config.loss)
+    _, terms = fsrf_loss(views[:1], labels, config.model)
     assert "homo" not in terms and "distill" not in terms and "align" not in terms
 
 
 def _distill_only() -> Config:
-    return with_overrides(Config(), {f"loss.{k}": 0.0 for k in AUXILIARY if k != "distill"})
+    return with_overrides(Config(), {f"model.{k}": 0.0 for k in AUXILIARY if k != "distill"})
 
 
 def test_distillation_flows_from_the_view_that_has_the_modality_to_the_one_that_lacks_it() -> None:
     config = _distill_only()
     _, views, labels = _views(config)
     a, b = (dataclasses.replace(v, pred=v.pred.detach()) for v in views)  # representations only
-    total, _ = fsrf_loss([a, b], labels, config.loss)
+    total, _ = fsrf_loss([a, b], labels, config.model)
     student, never, teacher = torch.autograd.grad(total, [a.used["text"], b.used["text"], b.homo["text"]],
                                                   allow_unused=True)
     half = len(labels) // 2
@@ -174,14 +174,14 @@ def test_distillation_flows_from_the_view_that_has_the_modality_to_the_one_that_
 
 @pytest.mark.parametrize(("margin", "transfers"), [(0.1, True), (0.25, False)])
 def test_distillation_transfers_only_where_the_teacher_has_more_than_the_margin(margin: float, transfers: bool) -> None:
-    config = with_overrides(_distill_only(), {"loss.distill_margin": margin})
+    config = with_overrides(_distill_only(), {"model.distill_margin": margin})
     _, views, labels = _views(config)
     half = len(labels) // 2
     presence = views[0].presence.clone()
     presence[:half, 0] = 0.8  # view 0 keeps 80% of the text on its first half, view 1 all of it
     a = dataclasses.replace(views[0], pred=views[0].pred.detach(), presence=presence)
     b = dataclasses.replace(views[1], pred=views[1].pred.detach())
-    total, _ = fsrf_loss([a, b], labels, config.loss)
+    total, _ = fsrf_loss([a, b], labels, config.model)
     (student,) = torch.autograd.grad(total, [a.used["text"]], allow_unused=True)
     moved = student is not None and bool(student[:half].abs().sum() > 0)
     assert moved == transfers
@@ -193,7 +193,7 @@ def test_prediction_distillation_runs_both_ways_with_a_stop_gradient_teacher() -
     pa = views[0].pred.detach().requires_grad_(True)
     pb = views[1].pred.detach().requires_grad_(True)
     va, vb = dataclasses.replace(views[0], pred=pa), dataclasses.replace(views[1], pred=pb)
-    total, _ = fsrf_loss([va, vb], labels, config.loss)
+    total, _ = fsrf_loss([va, vb], labels, config.model)
     ga, gb = torch.autograd.grad(total, [pa, pb])
     n = len(labels)
     # the task term's own gradient (mean L1, averaged over two views) removed: what is left is distill's
@@ -231,8 +231,8 @@ def test_the_teacher_modes_choose_their_pairs() -> None:
     assert transfer_pairs(views, None, mode="views") == [(views[0], views[1]), (views[1], views[0])]
     assert transfer_pairs(views, complete, mode="complete") == [(complete, views[0]), (complete, views[1])]
     assert len(transfer_pairs(views, complete, mode="both")) == 4
-    assert not needs_teacher(config.loss) and needs_two_views(config.loss)
-    solo = with_overrides(config, {"loss.teacher": "complete"}).loss
+    assert not needs_teacher(config.model) and needs_two_views(config.model)
+    solo = with_overrides(config, {"model.teacher": "complete"}).model
     assert needs_teacher(solo) and not needs_two_views(solo)
     _, terms = fsrf_loss(views[:1], labels, solo, teacher=complete)
     assert terms["distill"].item() > 0
@@ -241,7 +241,7 @@ def test_the_teacher_modes_choose_their_pairs() -> None:
 def test_a_complete_teacher_trains(tiny_config: Config, tmp_path) -> None:
     from fsrf import train
 
-    config = with_overrides(tiny_config, {"loss.teacher": "both", "train.epochs": 1, "curriculum.kind": "constant",
+    config = with_overrides(tiny_config, {"model.teacher": "both", "train.epochs": 1, "curriculum.kind": "constant",
                                           "curriculum.end": 0.5})
     result = train(config, tensorboard=False)
     assert result.history[-1]["train/loss/distill"] > 0

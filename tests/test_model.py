@@ -49,7 +49,7 @@ def test_entirely_missing_modalities_give_finite_outputs_and_gradients(tiny_conf
     out = model(x, valid, keep=keep, recon=True)
     absent = [m not in present for m in MODALITIES]
     assert out.absent[1:].tolist() == [absent] * 7
-    total, terms = fsrf_loss([out], labels, tiny_config.loss)
+    total, terms = fsrf_loss([out], labels, tiny_config.model)
     total.backward()
     assert torch.isfinite(out.pred).all()
     assert all(torch.isfinite(v) for v in terms.values())
@@ -72,7 +72,7 @@ def test_bf16_autocast_forward_and_backward_on_cpu(tiny_config: Config) -> None:
     x, valid, labels = _inputs(tiny_config, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x, valid, recon=True)
-    total, _ = fsrf_loss([out.float()], labels, tiny_config.loss)
+    total, _ = fsrf_loss([out.float()], labels, tiny_config.model)
     total.backward()
     assert out.pred.dtype == torch.bfloat16 and torch.isfinite(total)
 

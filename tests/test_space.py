@@ -14,13 +14,15 @@ import pytest
 
 from fsrf import Config, FSRFError, flatten_config
 from fsrf.curriculum import CURRICULA
+from fsrf.model import model_names
 from tuning.space import SearchSpace, load_space
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "tuning" / "spaces").glob("*.yaml"))
+FSRF_SPACES = [p for p in SPACES if p.stem in ("default", "mosi", "mosei", "sims")]
 DEFAULT = ROOT / "tuning" / "spaces" / "default.yaml"
 SYNTHETIC = (ROOT / "configs" / "synthetic.yaml").as_posix()
-WEIGHTS = ("loss.homo", "loss.diff", "loss.recon", "loss.noise", "loss.distill", "loss.align")
+WEIGHTS = ("model.homo", "model.diff", "model.recon", "model.noise", "model.distill", "model.align")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -36,18 +38,28 @@ def _ask(space: SearchSpace, n: int, seed: int = 0) -> list[tuple[dict[str, Any]
     return out
 
 
-def test_the_four_spaces_are_shipped() -> None:
-    assert {p.stem for p in SPACES} == {"default", "mosi", "mosei", "sims"}
+def test_fsrf_has_four_spaces_and_every_other_model_one() -> None:
+    others = {n for n in model_names() if n != "fsrf"}
+    assert {p.stem for p in SPACES} == {"default", "mosi", "mosei", "sims"} | others
 
 
-@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [p for p in SPACES if p not in FSRF_SPACES], ids=lambda p: p.stem)
+def test_every_other_model_space_searches_its_model(path: Path) -> None:
+    space = load_space(path)
+    assert space.base.model.name == path.stem and space.base.data.dataset == "synthetic"
+    assert {"curriculum.kind", "missing.simulator", "optim.lr"} <= set(space.param_names())
+    for params, constants in _ask(space, 20, seed=1):
+        assert space.to_config({**params, **constants}).model.name == path.stem
+
+
+@pytest.mark.parametrize("path", FSRF_SPACES, ids=lambda p: p.stem)
 def test_every_shipped_space_loads_and_covers_the_fsrf_knobs(path: Path) -> None:
     space = load_space(path)
     assert space.base.data.dataset == {"default": "synthetic"}.get(path.stem, path.stem)
     assert space.base.train.select_metric == space.metric and space.mode in ("min", "max")
     names = set(space.param_names())
     curriculum = {f"curriculum.{p}" for cls in CURRICULA.values() for p in cls.params}
-    assert {*WEIGHTS, "loss.align_kind", "curriculum.kind", *curriculum} <= names
+    assert {*WEIGHTS, "model.align_kind", "curriculum.kind", *curriculum} <= names
     assert {"missing.simulator", "missing.modality_share", "missing.complete_share", "optim.lr"} <= names
     assert all(p.has_switch for p in space.params if p.name in WEIGHTS)
     assert set(space.key_columns()) <= names
@@ -70,7 +82,7 @@ def test_conditional_sampling_only_draws_what_the_choices_read() -> None:
         simulator = params["missing.simulator"]
         seen_simulators.add(simulator)
         assert ("missing.modality_share" in params) == (simulator == "mixed")
-        assert ("loss.align_kind" in params) == (params["loss.align:off"] is False)
+        assert ("model.align_kind" in params) == (params["model.align:off"] is False)
 
         config = space.to_config({**params, **constants})
         flat, base = flatten_config(config), flatten_config(space.base)
@@ -109,9 +121,9 @@ def test_ray_optuna_search_suggests_configs_to_config_accepts(tmp_path: Path) ->
 
 
 TRIAL = {
-    "loss.homo:off": False, "loss.homo": 0.5, "loss.diff:off": True, "loss.recon:off": False,
-    "loss.recon": 1.5, "loss.noise:off": False, "loss.noise": 0.05, "loss.distill:off": False,
-    "loss.distill": 2.0, "loss.distill_margin": 0.4, "loss.align:off": True, "loss.align": 0.0, "curriculum.kind": "linear",
+    "model.homo:off": False, "model.homo": 0.5, "model.diff:off": True, "model.recon:off": False,
+    "model.recon": 1.5, "model.noise:off": False, "model.noise": 0.05, "model.distill:off": False,
+    "model.distill": 2.0, "model.distill_margin": 0.4, "model.align:off": True, "model.align": 0.0, "curriculum.kind": "linear",
     "curriculum.end": 0.6, "curriculum.start": 0.1, "curriculum.warmup_epochs": 1,
     "curriculum.ramp_epochs": 4,
     "missing.simulator": "random", "missing.complete_share": 0.25, "optim.lr": 1e-3,
@@ -122,12 +134,13 @@ TRIAL = {
 def test_to_config_builds_the_trial_and_reads_store_round_trips() -> None:
     space = load_space(DEFAULT)
     config = space.to_config(TRIAL)
-    loss = config.loss
-    assert (loss.homo, loss.diff, loss.align, loss.align_kind) == (0.5, 0.0, 0.0, "mmd")
-    assert loss.distill_margin == 0.4
+    model = config.model
+    assert (model.homo, model.diff, model.align, model.align_kind) == (0.5, 0.0, 0.0, "mmd")
+    assert model.distill_margin == 0.4
     assert config.curriculum.build().to_dict() == {
         "kind": "linear", "start": 0.1, "end": 0.6, "warmup_epochs": 1, "ramp_epochs": 4}
-    assert (config.optim.batch_size, config.train.epochs, config.model) == (32, 8, space.base.model)
+    assert (config.optim.batch_size, config.train.epochs) == (32, 8)
+    assert (model.hidden, model.recovery, model.noise_dim) == (space.base.model.hidden, True, 8)  # not sampled
     # None / NaN count as absent (store columns of undrawn params); ints promoted to floats are taken back
     undrawn = {"curriculum.patience": math.nan, "missing.modality_share": None}
     assert space.to_config({**TRIAL, **undrawn}) == config
@@ -139,13 +152,13 @@ def test_to_config_builds_the_trial_and_reads_store_round_trips() -> None:
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"loss.homoo": 1.0}, "loss.homoo"),
+        ({"model.homoo": 1.0}, "model.homoo"),
         ({"optim.lr": None}, "optim.lr"),
         ({"optim.lr": 1.0}, "optim.lr"),
         ({"optim.batch_size": 48}, "optim.batch_size"),
         ({"curriculum.ramp_epochs": 4.5}, "curriculum.ramp_epochs"),
-        ({"loss.homo:off": True}, "loss.homo"),
-        ({"loss.homo:off": "yes"}, "loss.homo:off"),
+        ({"model.homo:off": True}, "model.homo"),
+        ({"model.homo:off": "yes"}, "model.homo:off"),
         ({"curriculum.step_size": 0.1}, "curriculum.step_size"),
         ({"missing.modality_share": 0.5}, "missing.modality_share"),
     ],
@@ -168,7 +181,7 @@ fixed: {{train.epochs: 6}}
 objective: {{metric: MAE, mode: min}}
 scheduler: {{grace_period: 2, reduction_factor: 3}}
 params:
-  loss.homo: {{float: [0.01, 3.0], log: true, off_switch: true}}
+  model.homo: {{float: [0.01, 3.0], log: true, off_switch: true}}
   curriculum.kind: {{choice: [constant, linear, step]}}
   curriculum.ramp_epochs: {{int: [2, 5], when: {{curriculum.kind: [linear]}}}}
 """
@@ -188,15 +201,15 @@ def test_fingerprint_is_stable_and_follows_the_content(tmp_path: Path) -> None:
 
 
 def test_minimal_space_sampling_conditions_on_an_off_switch(tmp_path: Path) -> None:
-    body = MINIMAL + "  loss.align: {float: [0.01, 1.0], log: true, off_switch: true}\n" \
-                     "  loss.align_kind: {choice: [cmd], when: {loss.align: off}}\n"
+    body = MINIMAL + "  model.align: {float: [0.01, 1.0], log: true, off_switch: true}\n" \
+                     "  model.align_kind: {choice: [cmd], when: {model.align: off}}\n"
     space = load_space(_write(tmp_path, body))
-    assert space.key_columns() == ("loss.homo", "curriculum.kind", "loss.align")
+    assert space.key_columns() == ("model.homo", "curriculum.kind", "model.align")
     for params, constants in _ask(space, 60):
-        assert ("loss.align_kind" in params) == params["loss.align:off"]
+        assert ("model.align_kind" in params) == params["model.align:off"]
         assert ("curriculum.ramp_epochs" in params) == (params["curriculum.kind"] == "linear")
-        kind = space.to_config({**params, **constants}).loss.align_kind
-        assert kind == ("cmd" if params["loss.align:off"] else "mmd")  # mmd: the default
+        kind = space.to_config({**params, **constants}).model.align_kind
+        assert kind == ("cmd" if params["model.align:off"] else "mmd")  # mmd: the default
 
 
 def test_base_override_replaces_the_files_base(tmp_path: Path) -> None:
@@ -205,8 +218,8 @@ def test_base_override_replaces_the_files_base(tmp_path: Path) -> None:
 
 
 def _swap(*lines: str) -> str:
-    """MINIMAL with its loss.homo param replaced by ``lines`` (param entries)."""
-    homo = "  loss.homo: {float: [0.01, 3.0], log: true, off_switch: true}\n"
+    """MINIMAL with its model.homo param replaced by ``lines`` (param entries)."""
+    homo = "  model.homo: {float: [0.01, 3.0], log: true, off_switch: true}\n"
     return MINIMAL.replace(homo, "".join(f"  {line}\n" for line in lines))
 
 
@@ -219,38 +232,38 @@ def _sub(old: str, new: str) -> str:
     return MINIMAL.replace(old, new)
 
 
-ALIGN_KIND = "loss.align_kind: {choice: [cmd], when: "
+ALIGN_KIND = "model.align_kind: {choice: [cmd], when: "
 ERRORS = {
     "unknown top key": (MINIMAL + "extra: 1\n", "extra"),
-    "not a path": (_swap("loss.homoo: {float: [0.1, 1.0]}"), "loss.homoo"),
+    "not a path": (_swap("model.homoo: {float: [0.1, 1.0]}"), "model.homoo"),
     "not a path, no section": (_swap("lr: {float: [0.1, 1.0]}"), "lr"),
-    "inverted range": (_swap("loss.homo: {float: [3.0, 0.1]}"), "loss.homo"),
-    "empty range": (_swap("loss.homo: {float: [0.5, 0.5]}"), "loss.homo"),
+    "inverted range": (_swap("model.homo: {float: [3.0, 0.1]}"), "model.homo"),
+    "empty range": (_swap("model.homo: {float: [0.5, 0.5]}"), "model.homo"),
     "log touches 0": (_swap("optim.lr: {float: [0.0, 0.01], log: true}"), "optim.lr"),
-    "log crosses 0": (_swap("loss.homo: {float: [-1.0, 1.0], log: true}"), "loss.homo"),
+    "log crosses 0": (_swap("model.homo: {float: [-1.0, 1.0], log: true}"), "model.homo"),
     "float range on int field": (_swap("optim.batch_size: {float: [16, 64]}"), "optim.batch_size"),
     "int bounds not ints": (_swap("train.seed: {int: [1, 2.5]}"), "train.seed"),
-    "range on str field": (_swap("loss.align_kind: {int: [0, 1]}"), "loss.align_kind"),
+    "range on str field": (_swap("model.align_kind: {int: [0, 1]}"), "model.align_kind"),
     "range beyond the field": (_swap("missing.complete_share: {float: [0.0, 1.5]}"), "complete_share"),
-    "negative weight": (_swap("loss.homo: {float: [-1.0, 1.0]}"), "loss.homo"),
+    "negative weight": (_swap("model.homo: {float: [-1.0, 1.0]}"), "model.homo"),
     "off value invalid": (_swap("optim.lr: {float: [0.001, 0.01], log: true, off_switch: true}"), "optim.lr"),
-    "bad choice value": (_swap("loss.align_kind: {choice: [cmd, zigzag]}"), "loss.align_kind"),
+    "bad choice value": (_swap("model.align_kind: {choice: [cmd, zigzag]}"), "model.align_kind"),
     "bad curriculum kind": (_sub("[constant, linear, step]", "[linear, zigzag]"), "curriculum.kind"),
     "choice of wrong type": (_swap("optim.batch_size: {choice: [32, big]}"), "optim.batch_size"),
     "duplicate choice": (_swap("optim.batch_size: {choice: [32, 32]}"), "optim.batch_size"),
     "tuple field": (_swap("missing.valid_rates: {choice: [0.1]}"), "missing.valid_rates"),
-    "unknown spec key": (_swap("loss.homo: {float: [0.1, 1.0], logg: true}"), "loss.homo"),
-    "bare off key": (_swap("loss.homo: {float: [0.1, 1.0], off: true}"), "off_switch"),
-    "two kinds": (_swap("loss.homo: {float: [0.1, 1.0], int: [1, 2]}"), "loss.homo"),
-    "off on a choice": (_swap("loss.align_kind: {choice: [cmd, mmd], off_switch: true}"), "loss.align_kind"),
+    "unknown spec key": (_swap("model.homo: {float: [0.1, 1.0], logg: true}"), "model.homo"),
+    "bare off key": (_swap("model.homo: {float: [0.1, 1.0], off: true}"), "off_switch"),
+    "two kinds": (_swap("model.homo: {float: [0.1, 1.0], int: [1, 2]}"), "model.homo"),
+    "off on a choice": (_swap("model.align_kind: {choice: [cmd, mmd], off_switch: true}"), "model.align_kind"),
     "step not dividing": (_swap("optim.batch_size: {int: [16, 64], step: 20}"), "optim.batch_size"),
-    "when unknown": (_add(ALIGN_KIND + "{loss.alignn: on}}"), "loss.alignn"),
+    "when unknown": (_add(ALIGN_KIND + "{model.alignn: on}}"), "model.alignn"),
     "when later param": (
-        _add(ALIGN_KIND + "{loss.align: on}}", "loss.align: {float: [0.1, 1.0], off_switch: true}"),
+        _add(ALIGN_KIND + "{model.align: on}}", "model.align: {float: [0.1, 1.0], off_switch: true}"),
         "declared below"),
     "when value outside choices": (_sub("kind: [linear]}", "kind: [cosine]}"), "cosine"),
     "when on a range": (_add("optim.lr: {float: [0.001, 0.01]}", ALIGN_KIND + "{optim.lr: 0.005}}"), "lr"),
-    "when switch value": (_add(ALIGN_KIND + "{loss.homo: maybe}}"), "maybe"),
+    "when switch value": (_add(ALIGN_KIND + "{model.homo: maybe}}"), "maybe"),
     "curriculum param without when": (_add("curriculum.sharpness: {float: [1.0, 4.0]}"), "sharpness"),
     "curriculum param under a kind that ignores it": (
         _sub("curriculum.kind: [linear]}", "curriculum.kind: [linear, step]}"), "curriculum.ramp_epochs"),
@@ -268,7 +281,7 @@ ERRORS = {
         "curriculum.start"),
     "heads do not divide hidden": (
         _swap("model.hidden: {choice: [32, 48]}", "model.heads: {choice: [2, 32]}"), "model.heads"),
-    "param also fixed": (_sub("{train.epochs: 6}", "{train.epochs: 6, loss.homo: 1.0}"), "loss.homo"),
+    "param also fixed": (_sub("{train.epochs: 6}", "{train.epochs: 6, model.homo: 1.0}"), "model.homo"),
     "reserved param": (_swap("train.epochs: {int: [2, 8]}"), "train.epochs"),
     "fixed unknown path": (_sub("train.epochs: 6", "train.epoch: 6"), "train.epoch"),
     "fixed bad value": (_sub("train.epochs: 6", "train.epochs: 0"), "train.epochs"),
@@ -301,7 +314,7 @@ def test_a_bad_space_fails_on_load_naming_the_key(tmp_path: Path, body: str, nam
 
 def test_the_minimal_space_itself_is_valid(tmp_path: Path) -> None:
     assert load_space(_write(tmp_path, MINIMAL)).param_names() == (
-        "loss.homo", "curriculum.kind", "curriculum.ramp_epochs")
+        "model.homo", "curriculum.kind", "curriculum.ramp_epochs")
 
 
 def test_importing_the_space_module_loads_neither_ray_nor_optuna() -> None:

@@ -91,8 +91,8 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(
 
 def test_resume_refuses_a_different_config(tiny_config: Config, tiny_dataset: MultimodalDataset, tmp_path: Path) -> None:
     train(with_overrides(tiny_config, {"train.epochs": 1}), dataset=tiny_dataset, out_dir=tmp_path)
-    other = with_overrides(tiny_config, {"loss.homo": 0.1})
-    with pytest.raises(FSRFError, match="'loss.homo'"):
+    other = with_overrides(tiny_config, {"model.homo": 0.1})
+    with pytest.raises(FSRFError, match="'model.homo'"):
         train(other, dataset=tiny_dataset, out_dir=tmp_path, resume_from=tmp_path / "last.pt")
 
 

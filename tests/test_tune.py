@@ -56,7 +56,7 @@ def _tune(args: list[str], env: dict[str, str], **kwargs) -> subprocess.Popen:
 
 def test_pruned_trials_reach_optuna_as_pruned_with_their_intermediate_values() -> None:
     def space(trial: optuna.Trial) -> None:
-        trial.suggest_float("loss.homo", 0.1, 1.0)
+        trial.suggest_float("model.homo", 0.1, 1.0)
 
     searcher = PruneAwareOptunaSearch(space, metric="objective", mode="min",
                                       sampler=optuna.samplers.RandomSampler(seed=0), study_name="t")

@@ -37,7 +37,7 @@ OFF = _Off()
 """What a param switched off was drawn as (in the ``decided`` mappings of sampling and checks)."""
 
 SWITCH_SUFFIX = ":off"
-"""An ``off_switch: true`` param ``loss.homo`` is switched by the categorical ``loss.homo:off``."""
+"""An ``off_switch: true`` param ``model.homo`` is switched by the categorical ``model.homo:off``."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -92,7 +92,7 @@ class Param:
 
     @property
     def switch_name(self) -> str:
-        """The Optuna name of the off-switch (``loss.homo:off``)."""
+        """The Optuna name of the off-switch (``model.homo:off``)."""
         return self.name + SWITCH_SUFFIX
 
     @property

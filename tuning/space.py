@@ -10,9 +10,9 @@ with one line naming the file and the key before any Ray work. Then:
 * :meth:`SearchSpace.to_config` turns the flat Tune config of a trial back into the
   full :class:`fsrf.Config` (the only place this happens).
 
-Off-switches: a param declared with ``off_switch: true`` (``loss.homo``) is preceded by the
-categorical ``loss.homo:off`` in ``[False, True]``; on ``True`` the weight is 0 and the
-value is not sampled (define-by-run returns ``{"loss.homo": 0.0}`` as a constant, so the
+Off-switches: a param declared with ``off_switch: true`` (``model.homo``) is preceded by the
+categorical ``model.homo:off`` in ``[False, True]``; on ``True`` the weight is 0 and the
+value is not sampled (define-by-run returns ``{"model.homo": 0.0}`` as a constant, so the
 trial config shows the effective weight).
 """
 
@@ -113,7 +113,7 @@ class SearchSpace:
         """The full training config of a trial: :attr:`base` plus its values.
 
         Args:
-            trial_config: the flat Tune config (``{"loss.homo:off": False, "loss.homo": 0.4, ...}``).
+            trial_config: the flat Tune config (``{"model.homo:off": False, "model.homo": 0.4, ...}``).
                 A switch is read as on (off) when absent and its value is given (0 or absent);
                 None or NaN values count as absent (store round trips).
 
@@ -241,7 +241,7 @@ def _known_path(name: Any, base: Config, where: str) -> None:
     if isinstance(name, str) and name in flat:
         return
     close = difflib.get_close_matches(str(name), list(flat), n=3)
-    hint = f"did you mean {', '.join(close)}?" if close else "e.g. loss.homo, curriculum.end, optim.lr"
+    hint = f"did you mean {', '.join(close)}?" if close else "e.g. model.homo, curriculum.end, optim.lr"
     raise FSRFError(f"{where}: {name!r} is not a config path ({hint}; all are in fsrf/_config.py)")
 
 

@@ -34,13 +34,86 @@ trainer feeds both views through this one network (see :mod:`fsrf.train`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
 
-from fsrf._config import Config
 from fsrf._constants import MODALITIES
+from fsrf._validate import check, check_one_of, check_unit, check_weights
+from fsrf.losses import fsrf_terms, needs_teacher, needs_two_views
+from fsrf.model._base import BaseModel, BaseModelConfig, StepOutput, TrainBatch, register_model
 from fsrf.model._layers import ModalityEncoder, mlp, transformer
+
+if TYPE_CHECKING:
+    from fsrf._config import Config
+
+
+def check_architecture(section: Any) -> None:
+    """The checks every encoder + fusion architecture field needs (FSRF's and plain's)."""
+    check(section.hidden >= 1, "hidden", f"{section.hidden} must be >= 1")
+    check(section.heads >= 1, "heads", f"{section.heads} must be >= 1")
+    check(section.hidden % section.heads == 0, "heads", f"{section.heads} must divide model.hidden={section.hidden}")
+    for key in ("encoder_layers", "fusion_layers", "ff_mult", "downsample"):
+        check(getattr(section, key) >= 1, key, f"{getattr(section, key)} must be >= 1")
+    check(0.0 <= section.dropout < 1.0, "dropout", f"{section.dropout} must be in [0, 1)")
+
+
+# homo / diff / recon start from MISA's MMSA weights per dataset (sim, diff, recon)
+_MISA_WEIGHTS = {"mosi": (0.3, 0.1, 1.0), "mosei": (0.8, 0.3, 1.0), "sims": (1.0, 0.3, 0.8)}
+
+
+@dataclass(frozen=True)
+class FSRFConfig(BaseModelConfig):
+    """FSRF's section: encoders, factorization, recovery and fusion sizes, and its loss weights.
+
+    A loss weight of 0 skips that term's computation (see :mod:`fsrf.losses`).
+    """
+
+    name: str = "fsrf"
+    hidden: int = 64
+    heads: int = 4
+    encoder_layers: int = 1
+    fusion_layers: int = 1
+    ff_mult: int = 2
+    dropout: float = 0.1
+    downsample: int = 1
+    recovery: bool = True
+    absent_at: float = 0.0
+    noise_dim: int = 8
+    homo: float = 0.8
+    diff: float = 0.3
+    recon: float = 1.0
+    noise: float = 1.0
+    recover: float = 1.0
+    distill: float = 1.0
+    align: float = 0.5
+    align_kind: str = "mmd"
+    cmd_order: int = 5
+    teacher: str = "views"
+    distill_margin: float = 0.25
+
+    dataset_defaults: ClassVar = {
+        ds: {"homo": homo, "diff": diff, "recon": recon} for ds, (homo, diff, recon) in _MISA_WEIGHTS.items()
+    }
+
+    def __post_init__(self) -> None:
+        check_architecture(self)
+        check_unit(self.absent_at, "absent_at")
+        check(self.noise_dim >= 1, "noise_dim", f"{self.noise_dim} must be >= 1")
+        check_one_of(self.align_kind, "align_kind", ("cmd", "mmd"))
+        check_one_of(self.teacher, "teacher", ("views", "complete", "both"))
+        check_unit(self.distill_margin, "distill_margin")
+        check(self.cmd_order >= 1, "cmd_order", f"{self.cmd_order} must be >= 1")
+        check_weights(self, self.weight_names())
+
+    @staticmethod
+    def weight_names() -> tuple[str, ...]:
+        """The auxiliary terms' weight fields (the trainer's task term has weight 1)."""
+        return ("homo", "diff", "recon", "noise", "recover", "distill", "align")
+
+    def weights(self) -> dict[str, float]:
+        return {k: getattr(self, k) for k in self.weight_names()}
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +170,8 @@ class FSRFOutput:
         return [FSRFOutput(**{k: v[i] for k, v in columns.items()}) for i in range(n)]
 
 
-class FSRF(nn.Module):
+@register_model
+class FSRF(BaseModel):
     """The FSRF model, built from a run config (reads ``config.model`` and ``config.data``).
 
     Example:
@@ -111,9 +185,22 @@ class FSRF(nn.Module):
         torch.Size([2])
     """
 
+    name = "fsrf"
+    config_class = FSRFConfig
+    paper = "FSRF: factorization-guided semantic recovery for incomplete multimodal sentiment analysis"
+    faithful = ("per-modality homogeneous / heterogeneous / noise factorization under similarity, "
+                "de-redundancy, reconstruction and noise constraints; two-way self-distillation between "
+                "incomplete views with distribution alignment")
+    deviations = ("the paper's full text is unavailable: every formula is a documented reconstruction "
+                  "(fsrf/losses.py); all terms scale-invariant; recovery path r_m = G_m(mean present c_k) "
+                  "and an availability embedding added; distillation only where the teacher view has more "
+                  "than `distill_margin` more of a modality")
+
     def __init__(self, config: Config) -> None:
-        super().__init__()
+        super().__init__(config)
         mc, dims, lens = config.model, config.data.dims(), config.data.lengths()
+        recovery = bool(getattr(mc, "recovery", False))  # the plain model (a subclass) has none
+        noise_dim = int(getattr(mc, "noise_dim", FSRFConfig.noise_dim))
         hidden = mc.hidden
         self.encoders = nn.ModuleDict(
             {
@@ -132,11 +219,12 @@ class FSRF(nn.Module):
         )
         self.homo = mlp(hidden, dropout=mc.dropout)
         self.hetero = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
-        self.noise = nn.ModuleDict({m: mlp(hidden, out=mc.noise_dim, dropout=mc.dropout) for m in MODALITIES})
-        self.decoder = nn.ModuleDict({m: nn.Linear(2 * hidden + mc.noise_dim, hidden) for m in MODALITIES})
-        self.recovery = mc.recovery
-        self.absent_at = mc.absent_at
-        if mc.recovery:
+        self.noise = nn.ModuleDict({m: mlp(hidden, out=noise_dim, dropout=mc.dropout) for m in MODALITIES})
+        self.decoder = nn.ModuleDict({m: nn.Linear(2 * hidden + noise_dim, hidden) for m in MODALITIES})
+        self.recovery = recovery
+        self.absent_at = float(getattr(mc, "absent_at", 0.0))
+        self.loss_config = mc
+        if recovery:
             self.recover = nn.ModuleDict({m: mlp(hidden, dropout=mc.dropout) for m in MODALITIES})
             self.missing_token = nn.Parameter(torch.randn(len(MODALITIES), hidden) * 0.02)
             self.availability = nn.Parameter(torch.randn(2, 2 * len(MODALITIES), hidden) * 0.02)
@@ -189,6 +277,24 @@ class FSRF(nn.Module):
         )
         return FSRFOutput(pred, fused, h, c, s, n, recovered, used, presence, absent, rec)
 
+    def training_views(self) -> int:
+        return 2 if needs_two_views(self.loss_config) else 1
+
+    def training_step(self, batch: TrainBatch) -> StepOutput:
+        """Both views through the one network, the complete batch as teacher if asked, FSRF's terms."""
+        cfg = self.loss_config
+        out = self(batch.features, batch.valid, keep=batch.keep, recon=cfg.recon > 0)
+        teacher = None
+        if needs_teacher(cfg):
+            with torch.no_grad():
+                n, device = len(batch.labels), batch.labels.device
+                complete = {m: v.to(device, non_blocking=True) for m, v in batch.complete.items()}
+                teacher = self(complete, {m: v[:n] for m, v in batch.valid.items()}).float()
+        views = [o.float() for o in out.chunk(batch.views)]
+        with torch.autocast(device_type=batch.labels.device.type, enabled=False):  # terms in float32
+            terms = fsrf_terms(views, batch.labels, cfg, teacher=teacher, task=batch.task)
+        return StepOutput(preds=[v.pred for v in views], terms=terms)
+
     def _recover(
         self, c: dict[str, torch.Tensor], presence: torch.Tensor
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
@@ -225,4 +331,4 @@ def _presence(valid: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | No
     return torch.stack(shares, dim=1).float()
 
 
-__all__ = ["FSRF", "FSRFOutput"]
+__all__ = ["FSRF", "FSRFConfig", "FSRFOutput", "check_architecture"]

@@ -1,0 +1,213 @@
+"""The model contract and the registry: ``model.name: <name>`` picks a registered model.
+
+A model is one module that defines
+
+* a frozen config dataclass, subclass of :class:`BaseModelConfig`: the run config's
+  ``model`` section when ``model.name`` names it (its architecture and its loss weights;
+  per-dataset defaults in ``dataset_defaults``);
+* a subclass of :class:`BaseModel` decorated with :func:`register_model`.
+
+The trainer owns everything else, once for every model: the task loss, incomplete views
+and their masks, the curriculum, validation, checkpoints and logging (:mod:`fsrf.train`).
+A model adds its own named loss terms through :meth:`BaseModel.training_step`.
+
+Shape legend: B batch, V views (1 or 2), T_m steps of modality m, D_m its feature dim;
+modalities always in the order text, audio, vision.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from fsrf._errors import FSRFError
+
+if TYPE_CHECKING:
+    from fsrf._config import Config
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """A model's config section. Subclasses add fields (with class defaults) and may check them.
+
+    ``name`` is the registered name; ``dataset_defaults`` maps a dataset name (``mosi``,
+    ``mosei``, ``sims``, ``synthetic``) to the field values that differ from the class
+    defaults for it (the paper's per-dataset hyper-parameters), applied to fields a config
+    file does not give.
+    """
+
+    name: str = ""
+    dataset_defaults: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+
+    def weights(self) -> dict[str, float]:
+        """The weight of each of the model's own loss terms, by term name (0 skips a term)."""
+        return {}
+
+
+class ModelOutput(Protocol):
+    """What a forward pass gives: at least the (B,) prediction."""
+
+    pred: torch.Tensor
+
+
+@dataclass(frozen=True, eq=False)
+class TrainBatch:
+    """One training batch as the trainer hands it to :meth:`BaseModel.training_step`.
+
+    Attributes:
+        features: modality -> (V*B, T_m, D_m), the V incomplete views stacked along the batch
+            (dropped frames zero-filled).
+        valid: modality -> (V*B, T_m) bool, False at padding.
+        keep: modality -> (V*B, T_m) bool, False at dropped frames.
+        labels: (B,) targets.
+        complete: modality -> (B, T_m, D_m), the batch before any drop, left where the data
+            lives (a model that reads it moves it to its device).
+        views: V.
+        task: the trainer's task loss, ``l1`` or ``mse`` (``train.task_loss``), for terms of the
+            same form (e.g. distilling a prediction).
+    """
+
+    features: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+    keep: dict[str, torch.Tensor]
+    labels: torch.Tensor
+    complete: dict[str, torch.Tensor]
+    views: int
+    task: str = "l1"
+
+
+@dataclass(frozen=True, eq=False)
+class StepOutput:
+    """What :meth:`BaseModel.training_step` gives back.
+
+    Attributes:
+        preds: one (B,) float32 prediction per view; the trainer's task loss reads them.
+        terms: the model's own loss terms, unweighted, float32 scalars, by name (the keys of
+            its config's ``weights()``; a term of weight 0 may be absent).
+    """
+
+    preds: list[torch.Tensor]
+    terms: dict[str, torch.Tensor]
+
+
+class BaseModel(nn.Module, abc.ABC):
+    """The contract every model implements.
+
+    Class attributes (shown by ``fsrf models``): ``name``; ``config_class``; ``paper`` (the
+    reference); ``faithful`` (what follows the paper); ``deviations`` (what is reconstructed
+    or changed, and why).
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[BaseModelConfig]]
+    paper: ClassVar[str] = ""
+    faithful: ClassVar[str] = ""
+    deviations: ClassVar[str] = ""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        if not isinstance(config.model, self.config_class):
+            raise FSRFError(f"model.name: {config.model.name!r} config given to model {self.name!r}")
+
+    @abc.abstractmethod
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        valid: dict[str, torch.Tensor],
+        *,
+        keep: dict[str, torch.Tensor] | None = None,
+    ) -> ModelOutput:
+        """Predict from (possibly incomplete) inputs.
+
+        Args:
+            features: modality -> (B, T_m, D_m); dropped frames already zero-filled.
+            valid: modality -> (B, T_m) bool, False at padding.
+            keep: modality -> (B, T_m) bool, False at dropped frames; None = nothing dropped.
+        """
+
+    def training_views(self) -> int:
+        """How many independent incomplete views of each batch :meth:`training_step` reads."""
+        return 1
+
+    def training_step(self, batch: TrainBatch) -> StepOutput:
+        """Forward the views and compute the model's own loss terms (run under the trainer's autocast).
+
+        The default runs :meth:`forward` on the stacked views and adds no term.
+        """
+        out = self(batch.features, batch.valid, keep=batch.keep)
+        return StepOutput(preds=[p.float() for p in out.pred.chunk(batch.views)], terms={})
+
+
+def task_loss(pred: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
+    """The task term of one view: ``l1`` or ``mse`` between prediction and label."""
+    return F.l1_loss(pred, labels) if kind == "l1" else F.mse_loss(pred, labels)
+
+
+def total_loss(
+    step: StepOutput, labels: torch.Tensor, weights: Mapping[str, float], *, task: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The one definition of a training loss: the task term averaged over the views, plus
+    each of the model's terms times its weight.
+
+    Returns:
+        ``(total, logged)``: the scalar to minimise, and every term by name, unweighted and
+        detached, ``task`` first and ``total`` last.
+    """
+    terms = {"task": sum(task_loss(p, labels, task) for p in step.preds) / len(step.preds), **step.terms}
+    total = terms["task"] + sum(weights[k] * v for k, v in step.terms.items())
+    logged = {k: v.detach() for k, v in terms.items()}
+    logged["total"] = total.detach()
+    return total, logged
+
+
+_REGISTRY: dict[str, type[BaseModel]] = {}
+
+
+def register_model(cls: type[BaseModel]) -> type[BaseModel]:
+    """Class decorator: register ``cls`` under ``cls.name`` (its config's ``name`` default)."""
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise FSRFError(f"model {cls.name!r} is registered twice")
+    if cls.config_class().name != cls.name:
+        raise FSRFError(f"model {cls.name!r}: its config_class's name default must be {cls.name!r}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def model_names() -> tuple[str, ...]:
+    """The registered model names, sorted."""
+    return tuple(sorted(_REGISTRY))
+
+
+def model_class(name: str) -> type[BaseModel]:
+    """The registered model class of ``name``.
+
+    Raises:
+        FSRFError: one line listing the registered names.
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise FSRFError(f"model.name: {name!r} is not a registered model (registered: "
+                        f"{', '.join(model_names())})") from None
+
+
+def model_config_class(name: str) -> type[BaseModelConfig]:
+    """The config section class of model ``name``."""
+    return model_class(name).config_class
+
+
+def build_model(config: Config) -> BaseModel:
+    """The model ``config.model.name`` names, built from the run config."""
+    return model_class(config.model.name)(config)
+
+
+def config_fields(cls: type[BaseModelConfig]) -> tuple[str, ...]:
+    """The field names of a model config class, ``name`` first."""
+    return tuple(f.name for f in dataclasses.fields(cls))

@@ -1,0 +1,50 @@
+"""``plain``: FSRF's encoders and fusion with no auxiliary term, the ablation baseline.
+
+The network is FSRF's without the recovery path and availability embedding: each modality's
+sequence encoder, its homogeneous / heterogeneous projections (untrained by any constraint)
+and the fusion Transformer over the six tokens, trained on the task loss alone. It is the
+model that FSRF with every auxiliary weight 0 and ``model.recovery: false`` trains, weight
+for weight (same parameters, same initialisation); ``configs/plain-mixed.yaml`` trains it
+with the mixed missingness simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fsrf.model._base import BaseModelConfig, register_model
+from fsrf.model.zoo.fsrf import FSRF, check_architecture
+
+
+@dataclass(frozen=True)
+class PlainConfig(BaseModelConfig):
+    """The plain model's section: architecture only (it has no loss term of its own)."""
+
+    name: str = "plain"
+    hidden: int = 64
+    heads: int = 4
+    encoder_layers: int = 1
+    fusion_layers: int = 1
+    ff_mult: int = 2
+    dropout: float = 0.1
+    downsample: int = 1
+
+    def __post_init__(self) -> None:
+        check_architecture(self)
+
+
+@register_model
+class Plain(FSRF):
+    """Per-modality encoders + fusion, task loss only (see the module docstring)."""
+
+    name = "plain"
+    config_class = PlainConfig
+    paper = "ablation baseline (FSRF's network without its auxiliary terms or recovery path)"
+    faithful = "FSRF's encoders, projections and fusion, trained on the task loss alone"
+    deviations = "none: a baseline of this project, not a published system"
+
+    def training_views(self) -> int:
+        return 1
+
+    def training_step(self, batch):  # noqa: D102 - the contract's default: forward, no terms
+        return super(FSRF, self).training_step(batch)
