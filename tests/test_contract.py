@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from tests_support import TINY
 
 from fsrf import MODALITIES, Config, FSRFError, config_from_dict, load_checkpoint, train, with_overrides
 from fsrf._rng import isolated_rng
-from fsrf.model import BaseModel, build_model, model_class, model_names
 from fsrf.missing import apply_keep, eval_keep, pattern_keep
-from tests_support import TINY
+from fsrf.model import BaseModel, build_model, model_class, model_names
 
 NAMES = model_names()
 # each dataset's feature dims (MMSA unaligned), at short lengths so the suite stays fast
@@ -86,7 +86,7 @@ def test_builds_from_its_defaults_for_every_dataset(name: str, dataset: str) -> 
 def test_finite_outputs_and_gradients_with_missing_input(name: str, missing: str) -> None:
     config = _config(name)
     model = _build(config)
-    x, valid, labels = _inputs(config)
+    x, valid, _ = _inputs(config)
     if missing == "rate0.9":
         keep = eval_keep(valid, rate=0.9, seed=3, split="test")
     else:

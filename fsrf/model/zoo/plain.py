@@ -46,5 +46,5 @@ class Plain(FSRF):
     def training_views(self) -> int:
         return 1
 
-    def training_step(self, batch):  # noqa: D102 - the contract's default: forward, no terms
+    def training_step(self, batch):
         return super(FSRF, self).training_step(batch)

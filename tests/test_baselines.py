@@ -1,0 +1,53 @@
+"""The defining property of each of the field's reference systems."""
+
+from __future__ import annotations
+
+import torch
+
+from fsrf import Config, with_overrides
+from fsrf._rng import isolated_rng
+from fsrf.model import build_model
+from fsrf.model.zoo.tfn import tensor_fusion
+
+
+def _inputs(config: Config, batch: int = 4):
+    g = torch.Generator().manual_seed(0)
+    dims, lens = config.data.dims(), config.data.lengths()
+    x = {m: torch.randn(batch, lens[m], dims[m], generator=g) for m in dims}
+    valid = {m: torch.ones(batch, lens[m], dtype=torch.bool) for m in dims}
+    return x, valid
+
+
+def test_tfn_fusion_holds_every_unimodal_bimodal_and_trimodal_product() -> None:
+    g = torch.Generator().manual_seed(1)
+    a, v, t = torch.randn(2, 3, generator=g), torch.randn(2, 4, generator=g), torch.randn(2, 5, generator=g)
+    z = tensor_fusion(a, v, t).view(2, 4, 5, 6)
+    assert tensor_fusion(a, v, t).shape == (2, 4 * 5 * 6)
+    assert torch.allclose(z[:, 0, 0, 0], torch.ones(2))  # the constant
+    assert torch.allclose(z[:, 1:, 0, 0], a) and torch.allclose(z[:, 0, 1:, 0], v) and torch.allclose(z[:, 0, 0, 1:], t)
+    assert torch.allclose(z[:, 1:, 1:, 0], a[:, :, None] * v[:, None, :])
+    assert torch.allclose(z[:, 1:, 1:, 1:], a[:, :, None, None] * v[:, None, :, None] * t[:, None, None, :])
+
+
+def test_tfn_size_and_output_range_follow_the_dataset() -> None:
+    mosi = with_overrides(Config(), {"model.name": "tfn"})
+    assert mosi.model.fusion_size() == (32 + 1) * (128 + 1) * (32 + 1)
+    sims = with_overrides(Config(), {"data.dataset": "sims", "model.name": "tfn"})
+    assert sims.model.output_range == 1.0 and sims.model.text_out == 256
+    with isolated_rng(0):
+        model = build_model(sims).eval()
+    x, valid = _inputs(sims)
+    pred = model({m: 100 * v for m, v in x.items()}, valid).pred
+    assert bool((pred.abs() <= 1.0).all())
+
+
+def test_lf_dnn_concatenates_and_a_missing_modality_averages_to_zero() -> None:
+    config = with_overrides(Config(), {"model.name": "lf_dnn"})
+    with isolated_rng(0):
+        model = build_model(config).eval()
+    x, valid = _inputs(config)
+    out = model(x, valid)
+    assert out.fused.shape == (4, 256 + 16 + 128)
+    gone = dict(x, audio=torch.zeros_like(x["audio"]))
+    audio_zero = model.audio(torch.zeros(4, config.data.audio_dim))
+    assert torch.allclose(model(gone, valid).fused[:, 256:272], audio_zero)
