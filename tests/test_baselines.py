@@ -51,3 +51,36 @@ def test_lf_dnn_concatenates_and_a_missing_modality_averages_to_zero() -> None:
     gone = dict(x, audio=torch.zeros_like(x["audio"]))
     audio_zero = model.audio(torch.zeros(4, config.data.audio_dim))
     assert torch.allclose(model(gone, valid).fused[:, 256:272], audio_zero)
+
+
+def _hadamard(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h
+
+
+def test_misa_orthogonality_is_zero_for_orthogonal_parts_and_positive_for_equal_ones() -> None:
+    from fsrf.model.zoo.misa import diff_loss
+
+    h = _hadamard(8)  # columns 1.. are centred and mutually orthogonal; every row has the same norm
+    assert diff_loss(h[:, 1:4], h[:, 4:7]).item() < 1e-10
+    assert diff_loss(h[:, 1:4], h[:, 1:4]).item() > 0.01
+
+
+def test_misa_reads_audio_beyond_the_text_length_only_without_mmsa_quirk() -> None:
+    for quirk in (False, True):
+        config = with_overrides(Config(), {"model.name": "misa", "model.text_lengths_for_av": quirk})
+        with isolated_rng(0):
+            model = build_model(config).eval()
+        x, valid = _inputs(config)
+        valid["text"][:, 10:] = False  # 10 text tokens; audio has 40 frames
+        late = dict(x, audio=x["audio"].clone())
+        late["audio"][:, 20:] += 5.0
+        moved = not torch.allclose(model(x, valid).pred, model(late, valid).pred)
+        assert moved != quirk
+
+
+def test_misa_logs_its_three_terms_with_mmsa_weights_per_dataset() -> None:
+    mosei = with_overrides(Config(), {"data.dataset": "mosei", "model.name": "misa"})
+    assert mosei.model.weights() == {"sim": 0.8, "diff": 0.3, "recon": 1.0} and mosei.model.dropout == 0.5
