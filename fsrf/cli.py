@@ -6,6 +6,7 @@
     fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
     fsrf probe --checkpoint runs/demo/best.pt        # do the parts hold what they should? (R^2 table)
     fsrf models                                      # the registered models: paper, faithful, reconstructed
+    fsrf compare --models fsrf plain tfn --config configs/recovery.yaml --budget 120 --final-seeds 3 --out compare/demo
     fsrf tune --space tuning/spaces/mosi.yaml --data ... --name mosi-robust   # = python tune.py ...
 
 Bad input prints one line ``fsrf: error: ...`` and exits with status 2.
@@ -134,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("analyze", help="leaderboard, importance and report of a search (see fsrf analyze --help)")
     sub.add_parser("export", help="a search trial's full training config (see fsrf export --help)")
     sub.add_parser("final", help="train several seeds, evaluate on test, write the table (see fsrf final --help)")
+    sub.add_parser("compare", help="tune every model with the same budget and compare them in one table "
+                   "(see fsrf compare --help)")
 
     p = sub.add_parser("train", help="train a model; model selection on validation only")
     p.add_argument("--config", type=Path, default=None, help="config YAML (default: built-in synthetic defaults)")
@@ -178,6 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from analysis._final import main as final_main
 
         return final_main(argv[1:])
+    if argv[:1] == ["compare"]:  # equal-budget searches + final seeds per model (analysis/_compare.py)
+        from analysis._compare import main as compare_main
+
+        return compare_main(argv[1:])
     if argv[:1] in (["analyze"], ["export"]):  # the trial store's readers (analysis/cli.py)
         from analysis.cli import main as analysis_main
 

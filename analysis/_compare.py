@@ -1,0 +1,325 @@
+"""``fsrf compare``: every model tuned with the same budget, final-trained over the same seeds,
+and compared in one table.
+
+    fsrf compare --models fsrf plain lf_dnn --config configs/recovery.yaml --budget 120 --final-seeds 3 --out compare/demo
+    fsrf compare --models fsrf misa tfn --data /data/MOSI/Processed/unaligned_50.pkl --config configs/mosi.yaml \\
+        --budget 400 --final-seeds 5 --storage ~/ray_results --out compare/mosi
+
+For each model: its base is ``--config`` with ``model.name`` switched (the model's own defaults
+for the dataset); its search runs the model's shipped space (``tuning/spaces/<model>.yaml``,
+FSRF's ``default.yaml``) on that base with the same budget of trial-epochs (``--budget`` //
+epochs per trial = trials; ASHA may stop some early, so the budget is an upper bound, the same
+for every model), the same scheduler, sampler and seed, as experiment ``<name>-<model>`` in
+``--storage`` (``fsrf analyze`` reads it); then its best configuration (selected on the
+validation objective) is trained with every ``--final-seeds`` seed and evaluated on test.
+``--budget 0`` skips the searches and compares the models' default configs.
+
+The table holds both protocols (random missing rates with their Average, the six
+whole-modality patterns with complete input and their Average), mean ± SD over seeds per
+model, and a paired t-test (two-sided, n = number of seeds, same seeds for every model) of
+each model against the first named on the Average rows.
+
+Running the same command again continues what is unfinished (searches restore, seeds whose
+``runs.json`` exists are not retrained) and redoes nothing finished. An ``--out`` folder that
+holds another comparison is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fsrf import Config, FSRFError, config_to_dict, load_config, model_names, save_config, with_overrides
+from fsrf._yaml import atomic_write_text, read_yaml
+
+SPEC_FILE = "compare.json"
+SPACES = Path(__file__).resolve().parents[1] / "tuning" / "spaces"
+METRICS = ("MAE", "Corr", "Non0_F1_score")
+"""The metrics of the comparison table (MMSA's; SIMS has no ``Non0_F1_score`` and shows F1_score)."""
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """One comparison, as parsed from the command line."""
+
+    models: tuple[str, ...]
+    out: str
+    config: str | None = None
+    data: str | None = None
+    budget: int = 0
+    epochs: int | None = None
+    final_seeds: tuple[int, ...] = (1111, 1112, 1113)
+    storage: str = str(Path("~/ray_results").expanduser())
+    name: str | None = None
+    max_concurrent: int = 2
+    num_cpus: int | None = None
+    scheduler: str = "asha"
+    sampler: str = "tpe"
+    seed: int = 0
+
+
+def space_file(model: str) -> Path:
+    """The shipped search space of ``model``."""
+    return SPACES / ("default.yaml" if model == "fsrf" else f"{model}.yaml")
+
+
+def _base(options: CompareOptions) -> Config:
+    config = load_config(options.config) if options.config else Config()
+    if options.data:
+        config = with_overrides(config, {"data.path": str(Path(options.data).resolve())}, source="--data")
+    return config
+
+
+def _check(options: CompareOptions, base: Config) -> None:
+    known = model_names()
+    unknown = [m for m in options.models if m not in known]
+    if unknown:
+        raise FSRFError(f"--models: {', '.join(unknown)} not registered (registered: {', '.join(known)})")
+    if len(set(options.models)) != len(options.models) or not options.models:
+        raise FSRFError(f"--models: {list(options.models)} must be distinct and non-empty")
+    if len(set(options.final_seeds)) != len(options.final_seeds) or len(options.final_seeds) < 2:
+        raise FSRFError(f"--final-seeds: {list(options.final_seeds)} must be at least 2 distinct seeds (paired test)")
+    if options.budget < 0:
+        raise FSRFError(f"--budget: {options.budget} must be >= 0 trial-epochs (0: no search)")
+    if options.budget:
+        for model in options.models:
+            if not space_file(model).is_file():
+                raise FSRFError(f"--models: {model} has no search space {space_file(model)}")
+        epochs = options.epochs or base.train.epochs
+        if options.budget < epochs:
+            raise FSRFError(f"--budget: {options.budget} trial-epochs is smaller than one trial ({epochs} epochs)")
+
+
+def _spec(options: CompareOptions, base: Config) -> dict[str, Any]:
+    spec = asdict(options)
+    for key in ("out", "storage", "max_concurrent", "num_cpus", "config", "data"):
+        spec.pop(key)
+    spec["base"] = config_to_dict(base)
+    return json.loads(json.dumps(spec))
+
+
+def _claim(out: Path, spec: dict[str, Any]) -> None:
+    """Write ``compare.json``, or check that the folder holds this very comparison."""
+    path = out / SPEC_FILE
+    if path.exists():
+        try:
+            held = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise FSRFError(f"--out: {path} is unreadable ({err}); choose another folder") from None
+        if held != spec:
+            differ = sorted(k for k in set(held) | set(spec) if held.get(k) != spec.get(k))
+            raise FSRFError(f"--out: {out} holds another comparison (differs in {', '.join(differ)}); "
+                            "choose another folder")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(spec, indent=2))
+
+
+def _search(options: CompareOptions, model: str, base_file: Path, name: str) -> Config:
+    """Run (or continue) the model's search; its best configuration."""
+    from tuning._run import BEST_FILE, SearchOptions, experiment_path, run_search
+
+    raw = read_yaml(space_file(model))
+    raw["base"] = base_file.name
+    space = base_file.parent / "space.yaml"
+    atomic_write_text(space, yaml.safe_dump(raw, sort_keys=False))
+    epochs = options.epochs or load_config(base_file).train.epochs
+    search = SearchOptions(
+        space=str(space), name=name, storage=options.storage, num_samples=max(1, options.budget // epochs),
+        max_concurrent=options.max_concurrent, scheduler=options.scheduler, sampler=options.sampler,
+        max_epochs=epochs, restore_or_start=True, seed=options.seed, num_cpus=options.num_cpus,
+        grace_period=min(2, epochs),
+    )
+    run_search(search)
+    best = experiment_path(search) / BEST_FILE
+    if not best.is_file():
+        raise FSRFError(f"search {name}: no trial reached a validation objective ({best} missing)")
+    return load_config(best)
+
+
+def _final(config: Config, seeds: Sequence[int], out: Path) -> list[dict[str, Any]]:
+    """Each seed's test tables, training the seeds that have no result yet."""
+    from analysis._final import train_and_evaluate
+
+    runs = []
+    for seed in seeds:
+        done = out / f"seed-{seed}" / "result.json"
+        if done.is_file():
+            runs.append(json.loads(done.read_text()))
+            continue
+        shutil.rmtree(done.parent, ignore_errors=True)  # a seed stopped midway starts again
+        run = train_and_evaluate(config, seed, str(out))
+        atomic_write_text(done, json.dumps(run, default=float))
+        runs.append(run)
+    return runs
+
+
+def _average(run: dict[str, Any], key: str, metric: str) -> float:
+    return float(run[key]["Average"][metric])
+
+
+def paired_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Two-sided paired t-test of a - b: (t, p). Identical samples give (0, 1)."""
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b)]
+    if all(d == diffs[0] for d in diffs):
+        return (0.0, 1.0) if diffs[0] == 0 else (math.copysign(math.inf, diffs[0]), 0.0)
+    result = stats.ttest_rel(a, b)
+    return float(result.statistic), float(result.pvalue)
+
+
+def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str]) -> dict[str, Any]:
+    """Mean ± SD per model of every row of both tables, and paired tests against the first model."""
+    first = models[0]
+    table: dict[str, Any] = {"random": {}, "patterns": {}, "paired": {}}
+    metrics = [m for m in METRICS if m in runs[first][0]["random"]["Average"]] or ["MAE", "Corr", "F1_score"]
+    for key in ("random", "patterns"):
+        for model in models:
+            rows = runs[model][0][key]
+            table[key][model] = {
+                label: {m: {"mean": statistics.fmean(r[key][label][m] for r in runs[model]),
+                            "sd": statistics.stdev(r[key][label][m] for r in runs[model])} for m in metrics}
+                for label in rows
+            }
+    for model in models[1:]:
+        table["paired"][model] = {}
+        for key in ("random", "patterns"):
+            for m in metrics:
+                a = [_average(r, key, m) for r in runs[model]]
+                b = [_average(r, key, m) for r in runs[first]]
+                t, p = paired_t(a, b)
+                diffs = [x - y for x, y in zip(a, b)]
+                table["paired"][model][f"{key}/{m}"] = {
+                    "mean_diff": statistics.fmean(diffs), "sd_diff": statistics.stdev(diffs), "t": t, "p": p,
+                    "n": len(diffs)}
+    table["metrics"] = metrics
+    return table
+
+
+def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[int], title: str) -> str:
+    metrics = table["metrics"]
+    intro = f"Test split, mean ± SD over seeds {', '.join(map(str, seeds))}; models selected on validation only."
+    lines = [f"# {title}", "", intro, ""]
+    for key, heading in (("random", "Random missing rates"), ("patterns", "Whole-modality missing")):
+        lines += [f"## {heading}", "", "| condition | " + " | ".join(f"{m} {x}" for m in models for x in metrics) + " |",
+                  "|" + "---|" * (1 + len(models) * len(metrics))]
+        for label in table[key][models[0]]:
+            cells = [f"{table[key][m][label][x]['mean']:.4f} ± {table[key][m][label][x]['sd']:.4f}"
+                     for m in models for x in metrics]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    n = len(seeds)
+    lines += [f"## Paired differences against {models[0]}", "",
+              f"Average rows, other − {models[0]} per seed; two-sided paired t-test, n = {n} seeds.", "",
+              "| model | measure | mean diff ± SD | t | p |", "|---|---|---|---|---|"]
+    for model, rows in table["paired"].items():
+        for measure, r in rows.items():
+            lines.append(f"| {model} | {measure} | {r['mean_diff']:+.4f} ± {r['sd_diff']:.4f} | {r['t']:.2f} | "
+                         f"{r['p']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: dict[str, Any], models: Sequence[str]) -> str:
+    rows = ["protocol,condition,model,metric,mean,sd"]
+    for key in ("random", "patterns"):
+        for model in models:
+            for label, metrics in table[key][model].items():
+                rows += [f"{key},{label},{model},{m},{v['mean']!r},{v['sd']!r}" for m, v in metrics.items()]
+    return "\n".join(rows) + "\n"
+
+
+def figure(table: dict[str, Any], models: Sequence[str], path: Path) -> None:
+    """Robustness curves: MAE per random missing rate and per pattern, one panel per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, xlabel in ((axes[0], "random", "missing rate"), (axes[1], "patterns", "available modalities")):
+        for model in models:
+            rows = {k: v for k, v in table[key][model].items() if k != "Average"}
+            means = [v["MAE"]["mean"] for v in rows.values()]
+            sds = [v["MAE"]["sd"] for v in rows.values()]
+            ax.errorbar(range(len(rows)), means, yerr=sds, marker="o", capsize=3, label=model)
+            ax.set_xticks(range(len(rows)), list(rows), rotation=45 if key == "patterns" else 0)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test MAE (lower is better)")
+    axes[0].legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_compare(options: CompareOptions) -> dict[str, Any]:
+    """Search (unless ``budget`` is 0), final-train and compare every model; write the outputs."""
+    out = Path(options.out)
+    base = _base(options)
+    _check(options, base)
+    _claim(out, _spec(options, base))
+    name = options.name or out.resolve().name
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for model in options.models:
+        folder = out / model
+        folder.mkdir(parents=True, exist_ok=True)
+        model_base = base if model == base.model.name else with_overrides(base, {"model.name": model})
+        base_file = folder / "base.yaml"
+        save_config(model_base, base_file)
+        chosen = _search(options, model, base_file, f"{name}-{model}") if options.budget else model_base
+        save_config(chosen, folder / "chosen.yaml")
+        runs[model] = _final(chosen, options.final_seeds, folder / "final")
+    table = summarize(runs, options.models)
+    title = f"Comparison on {base.data.dataset}: {', '.join(options.models)} (budget {options.budget} trial-epochs)"
+    atomic_write_text(out / "compare.md", to_markdown(table, options.models, options.final_seeds, title))
+    atomic_write_text(out / "compare.csv", to_csv(table, options.models))
+    atomic_write_text(out / "results.json", json.dumps({"table": table, "runs": runs}, indent=2, default=float))
+    figure(table, options.models, out / "compare.png")
+    return table
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fsrf compare``: returns the exit status."""
+    p = argparse.ArgumentParser(prog="fsrf compare", description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", required=True, help="registered model names; the first is the reference")
+    p.add_argument("--config", default=None, help="the dataset/training config every model starts from "
+                   "(default: the built-in synthetic defaults)")
+    p.add_argument("--data", default=None, help="MMSA pickle; overrides data.path")
+    p.add_argument("--budget", type=int, default=0, help="trial-epochs of each model's search (0: no search)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per trial (default: the config's train.epochs)")
+    p.add_argument("--final-seeds", type=int, default=3, help="seeds of the final training (1111, 1112, ...)")
+    p.add_argument("--storage", default=str(Path("~/ray_results").expanduser()), help="where the searches go")
+    p.add_argument("--name", default=None, help="experiment name prefix (default: the --out folder's name)")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials at once (default: 2)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    p.add_argument("--seed", type=int, default=0, help="seed of every model's sampler (default: 0)")
+    p.add_argument("--out", required=True, help="folder of the comparison")
+    args = p.parse_args(argv)
+    options = CompareOptions(
+        models=tuple(args.models), out=args.out, config=args.config, data=args.data, budget=args.budget,
+        epochs=args.epochs, final_seeds=tuple(1111 + i for i in range(args.final_seeds)), storage=args.storage,
+        name=args.name, max_concurrent=args.max_concurrent, num_cpus=args.num_cpus, scheduler=args.scheduler,
+        sampler=args.sampler, seed=args.seed,
+    )
+    try:
+        run_compare(options)
+    except FSRFError as err:
+        print(f"fsrf compare: error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "compare.md").read_text())
+    print(f"wrote {args.out}/compare.md, compare.csv, results.json, compare.png")
+    return 0

@@ -1,0 +1,98 @@
+"""``fsrf compare``: equal-budget comparisons in one table, resumable, refusing bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fsrf import config_from_dict, save_config, with_overrides
+from fsrf.cli import main
+from tests_support import TINY
+
+
+@pytest.fixture()
+def tiny_yaml(tmp_path: Path) -> Path:
+    config = with_overrides(config_from_dict(TINY), {"train.epochs": 2})
+    path = tmp_path / "tiny.yaml"
+    save_config(config, path)
+    return path
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fsrf compare: error: ")
+    return err[0]
+
+
+def test_compare_two_models_without_search_writes_one_table_and_resumes(tiny_yaml, tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--models", "fsrf", "plain", "--config", str(tiny_yaml), "--budget", "0",
+            "--final-seeds", "2", "--out", str(out)]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    table = results["table"]
+    assert set(table["random"]) == {"fsrf", "plain"} and "Average" in table["random"]["plain"]
+    assert set(table["patterns"]["fsrf"]) >= {"Average"} and len(table["patterns"]["fsrf"]) >= 7
+    paired = table["paired"]["plain"]["random/MAE"]
+    runs = results["runs"]
+    diffs = [p["random"]["Average"]["MAE"] - f["random"]["Average"]["MAE"]
+             for p, f in zip(runs["plain"], runs["fsrf"])]
+    assert paired["n"] == 2 and paired["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    text = (out / "compare.md").read_text()
+    assert "paired t-test, n = 2 seeds" in text and "| 0.0 |" in text
+    assert (out / "compare.csv").read_text().startswith("protocol,condition,model,metric,mean,sd")
+    assert (out / "compare.png").stat().st_size > 0
+    # a second run redoes nothing; a seed whose result was lost (an interruption) is trained again
+    done = {p: p.stat().st_mtime_ns for p in out.glob("*/final/seed-*/result.json")}
+    assert len(done) == 4
+    lost = out / "plain" / "final" / "seed-1112" / "result.json"
+    lost.unlink()
+    capsys.readouterr()
+    assert main(args) == 0
+    assert lost.is_file()
+    assert all(p.stat().st_mtime_ns == t for p, t in done.items() if p != lost)
+    assert json.loads((out / "results.json").read_text())["table"] == table
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--models", "fsrf", "nope"], "--models: nope not registered"),
+        (["--models", "fsrf", "plain", "--budget", "1"], "smaller than one trial"),
+        (["--models", "fsrf", "plain", "--final-seeds", "1"], "--final-seeds"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(extra, needle, tiny_yaml, tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--config", str(tiny_yaml), "--out", str(out), *extra]) == 2
+    assert needle in _error(capsys)
+    assert not (out / "compare.md").exists()
+
+
+def test_a_folder_holding_another_comparison_is_refused_untouched(tiny_yaml, tmp_path, capsys) -> None:
+    out = tmp_path / "cmp"
+    out.mkdir()
+    spec = out / "compare.json"
+    spec.write_text(json.dumps({"models": ["misa"], "budget": 3}))
+    before = spec.read_text()
+    assert main(["compare", "--models", "fsrf", "plain", "--config", str(tiny_yaml), "--out", str(out)]) == 2
+    assert "holds another comparison" in _error(capsys)
+    assert spec.read_text() == before and sorted(p.name for p in out.iterdir()) == ["compare.json"]
+
+
+@pytest.mark.slow
+def test_compare_searches_each_model_with_the_same_budget(tiny_yaml, tmp_path, capsys) -> None:
+    from analysis import load_experiment
+
+    out, storage = tmp_path / "cmp", tmp_path / "ray"
+    args = ["compare", "--models", "plain", "lf_dnn", "--config", str(tiny_yaml), "--budget", "4", "--epochs", "2",
+            "--final-seeds", "2", "--storage", str(storage), "--num-cpus", "2", "--out", str(out)]
+    assert main(args) == 0
+    for model in ("plain", "lf_dnn"):
+        exp = load_experiment(storage / f"cmp-{model}")
+        assert exp.trials.num_rows == 2  # 4 trial-epochs / 2 epochs per trial
+        chosen = (out / model / "chosen.yaml").read_text()
+        assert f"name: {model}" in chosen
+    assert "plain" in (out / "compare.md").read_text()
