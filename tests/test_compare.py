@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from tests_support import TINY
 
 from fsrf import config_from_dict, save_config, with_overrides
 from fsrf.cli import main
-from tests_support import TINY
 
 
 @pytest.fixture()
