@@ -96,8 +96,18 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
         for key, value in SMOKE.items():
             if key != "overrides" and getattr(args, key) == parser.get_default(key):
                 values[key] = value
-        values["overrides"] = SMOKE["overrides"] + tuple(args.set)
+        values["overrides"] = _smoke_overrides(space) + tuple(args.set)
     return SearchOptions(**values)
+
+
+def _smoke_overrides(space: str) -> tuple[str, ...]:
+    """The smoke test's overrides that the space's model has (``model.hidden`` is not every model's)."""
+    if not space:
+        return SMOKE["overrides"]
+    from tuning.space import load_space
+
+    fields = set(vars(load_space(space).base.model))
+    return tuple(o for o in SMOKE["overrides"] if not o.startswith("model.") or o.split("=")[0][6:] in fields)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
