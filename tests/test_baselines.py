@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fsrf import Config, with_overrides
@@ -84,3 +85,27 @@ def test_misa_reads_audio_beyond_the_text_length_only_without_mmsa_quirk() -> No
 def test_misa_logs_its_three_terms_with_mmsa_weights_per_dataset() -> None:
     mosei = with_overrides(Config(), {"data.dataset": "mosei", "model.name": "misa"})
     assert mosei.model.weights() == {"sim": 0.8, "diff": 0.3, "recon": 1.0} and mosei.model.dropout == 0.5
+
+
+def test_lnln_reversal_flips_the_generator_gradient_and_cc_reads_the_text_kept_share() -> None:
+    from fsrf.model import TrainBatch
+    from fsrf.model.zoo.lnln import grad_reverse
+
+    x = torch.randn(3, 4, requires_grad=True)
+    (grad_reverse(x, 0.5) * 2).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, -1.0))
+
+    config = with_overrides(Config(), {"model.name": "lnln", "model.hidden": 32, "model.heads": 2})
+    with isolated_rng(0):
+        model = build_model(config)
+    x, valid = _inputs(config)
+    keep = {m: torch.ones_like(v) for m, v in valid.items()}
+    keep["text"][:, ::2] = False  # half of every sample's text dropped
+    step = model.training_step(TrainBatch(features=x, valid=valid, keep=keep, labels=torch.zeros(4),
+                                          complete=x, views=1))
+    w = model(x, valid, keep=keep).completeness
+    assert step.terms["cc"].item() == pytest.approx(((w - 0.5) ** 2).mean().item(), rel=1e-5)
+    # the adversarial term reaches the proxy generator (through the reversal above), not the reconstructor
+    step.terms["adv"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.proxy.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.reconstruct.parameters())
