@@ -28,9 +28,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from bench.train_throughput import _sync, matmul_flops  # noqa: E402
+from train_throughput import _sync, matmul_flops  # noqa: E402
 from fsrf import build_model, load_config, model_names, with_overrides  # noqa: E402
 from fsrf._rng import draw_seed, isolated_rng, make_generator  # noqa: E402
 from fsrf._run_data import load_dataset  # noqa: E402
