@@ -59,6 +59,8 @@ def check_architecture(section: Any) -> None:
     check(0.0 <= section.dropout < 1.0, "dropout", f"{section.dropout} must be in [0, 1)")
 
 
+# On the real datasets (hundreds of audio/vision frames): wider, audio/vision averaged in windows of 5
+REAL_DATA_ARCHITECTURE = {"hidden": 128, "downsample": 5}
 # homo / diff / recon start from MISA's MMSA weights per dataset (sim, diff, recon)
 _MISA_WEIGHTS = {"mosi": (0.3, 0.1, 1.0), "mosei": (0.8, 0.3, 1.0), "sims": (1.0, 0.3, 0.8)}
 
@@ -94,7 +96,8 @@ class FSRFConfig(BaseModelConfig):
     distill_margin: float = 0.25
 
     dataset_defaults: ClassVar = {
-        ds: {"homo": homo, "diff": diff, "recon": recon} for ds, (homo, diff, recon) in _MISA_WEIGHTS.items()
+        ds: {**REAL_DATA_ARCHITECTURE, "homo": homo, "diff": diff, "recon": recon}
+        for ds, (homo, diff, recon) in _MISA_WEIGHTS.items()
     }
 
     def __post_init__(self) -> None:
@@ -331,4 +334,4 @@ def _presence(valid: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | No
     return torch.stack(shares, dim=1).float()
 
 
-__all__ = ["FSRF", "FSRFConfig", "FSRFOutput", "check_architecture"]
+__all__ = ["FSRF", "REAL_DATA_ARCHITECTURE", "FSRFConfig", "FSRFOutput", "check_architecture"]

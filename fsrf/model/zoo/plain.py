@@ -11,9 +11,10 @@ with the mixed missingness simulator.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from fsrf.model._base import BaseModelConfig, register_model
-from fsrf.model.zoo.fsrf import FSRF, check_architecture
+from fsrf.model.zoo.fsrf import FSRF, REAL_DATA_ARCHITECTURE, check_architecture
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class PlainConfig(BaseModelConfig):
     ff_mult: int = 2
     dropout: float = 0.1
     downsample: int = 1
+
+    dataset_defaults: ClassVar = {ds: REAL_DATA_ARCHITECTURE for ds in ("mosi", "mosei", "sims")}  # as FSRF's
 
     def __post_init__(self) -> None:
         check_architecture(self)
