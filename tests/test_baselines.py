@@ -50,7 +50,7 @@ def test_lf_dnn_concatenates_and_a_missing_modality_averages_to_zero() -> None:
     out = model(x, valid)
     assert out.fused.shape == (4, 256 + 16 + 128)
     gone = dict(x, audio=torch.zeros_like(x["audio"]))
-    audio_zero = model.audio(torch.zeros(4, config.data.audio_dim))
+    audio_zero = model.unimodal.audio(torch.zeros(4, config.data.audio_dim))
     assert torch.allclose(model(gone, valid).fused[:, 256:272], audio_zero)
 
 

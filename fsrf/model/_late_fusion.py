@@ -6,9 +6,30 @@ Shape legend: B batch, T_m steps of modality m, D_m its feature dim, H_m a subne
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
+
+from fsrf._validate import check
+
+
+@dataclass(frozen=True, eq=False)
+class PredOutput:
+    """A forward pass that gives the prediction (B,) and the fused vector the head read."""
+
+    pred: torch.Tensor
+    fused: torch.Tensor
+
+
+def check_late_fusion(section: Any) -> None:
+    """Widths >= 1 and dropouts in [0, 1) of a late-fusion model's section."""
+    for key in ("text_hidden", "audio_hidden", "vision_hidden", "text_out", "post_fusion_dim"):
+        check(getattr(section, key) >= 1, key, f"{getattr(section, key)} must be >= 1")
+    for key in ("text_dropout", "audio_dropout", "vision_dropout", "post_fusion_dropout"):
+        check(0.0 <= getattr(section, key) < 1.0, key, f"{getattr(section, key)} must be in [0, 1)")
 
 
 def time_average(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -52,3 +73,23 @@ class TextSubNet(nn.Module):
         packed = pack_padded_sequence(x.float(), lengths, batch_first=True, enforce_sorted=False)
         _, (h, _) = self.rnn(packed)
         return self.linear(self.drop(h[-1]))
+
+
+class Unimodal(nn.Module):
+    """The three unimodal vectors of MMSA's late-fusion models: text LSTM, audio and vision subnets
+    over their time averages; reads a section with the fields :func:`check_late_fusion` checks."""
+
+    def __init__(self, section: Any, dims: dict[str, int]) -> None:
+        super().__init__()
+        s = section
+        self.text = TextSubNet(dims["text"], s.text_hidden, s.text_out, s.text_dropout)
+        self.audio = SubNet(dims["audio"], s.audio_hidden, s.audio_dropout)
+        self.vision = SubNet(dims["vision"], s.vision_hidden, s.vision_dropout)
+
+    def forward(self, features: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """modality -> (B, text_out | H_a | H_v)."""
+        return {
+            "text": self.text(features["text"], valid["text"]),
+            "audio": self.audio(time_average(features["audio"], valid["audio"])),
+            "vision": self.vision(time_average(features["vision"], valid["vision"])),
+        }

@@ -34,7 +34,7 @@ trainer feeds both views through this one network (see :mod:`fsrf.train`).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -49,14 +49,25 @@ if TYPE_CHECKING:
     from fsrf._config import Config
 
 
-def check_architecture(section: Any) -> None:
-    """The checks every encoder + fusion architecture field needs (FSRF's and plain's)."""
-    check(section.hidden >= 1, "hidden", f"{section.hidden} must be >= 1")
-    check(section.heads >= 1, "heads", f"{section.heads} must be >= 1")
-    check(section.hidden % section.heads == 0, "heads", f"{section.heads} must divide model.hidden={section.hidden}")
-    for key in ("encoder_layers", "fusion_layers", "ff_mult", "downsample"):
-        check(getattr(section, key) >= 1, key, f"{getattr(section, key)} must be >= 1")
-    check(0.0 <= section.dropout < 1.0, "dropout", f"{section.dropout} must be in [0, 1)")
+@dataclass(frozen=True)
+class EncoderFusionConfig(BaseModelConfig):
+    """The fields of FSRF's encoders and fusion, shared by every model built on that network."""
+
+    hidden: int = 64
+    heads: int = 4
+    encoder_layers: int = 1
+    fusion_layers: int = 1
+    ff_mult: int = 2
+    dropout: float = 0.1
+    downsample: int = 1
+
+    def __post_init__(self) -> None:
+        check(self.hidden >= 1, "hidden", f"{self.hidden} must be >= 1")
+        check(self.heads >= 1, "heads", f"{self.heads} must be >= 1")
+        check(self.hidden % self.heads == 0, "heads", f"{self.heads} must divide model.hidden={self.hidden}")
+        for key in ("encoder_layers", "fusion_layers", "ff_mult", "downsample"):
+            check(getattr(self, key) >= 1, key, f"{getattr(self, key)} must be >= 1")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
 
 
 # On the real datasets (hundreds of audio/vision frames): wider, audio/vision averaged in windows of 5
@@ -66,20 +77,13 @@ _MISA_WEIGHTS = {"mosi": (0.3, 0.1, 1.0), "mosei": (0.8, 0.3, 1.0), "sims": (1.0
 
 
 @dataclass(frozen=True)
-class FSRFConfig(BaseModelConfig):
+class FSRFConfig(EncoderFusionConfig):
     """FSRF's section: encoders, factorization, recovery and fusion sizes, and its loss weights.
 
     A loss weight of 0 skips that term's computation (see :mod:`fsrf.losses`).
     """
 
     name: str = "fsrf"
-    hidden: int = 64
-    heads: int = 4
-    encoder_layers: int = 1
-    fusion_layers: int = 1
-    ff_mult: int = 2
-    dropout: float = 0.1
-    downsample: int = 1
     recovery: bool = True
     absent_at: float = 0.0
     noise_dim: int = 8
@@ -101,7 +105,7 @@ class FSRFConfig(BaseModelConfig):
     }
 
     def __post_init__(self) -> None:
-        check_architecture(self)
+        super().__post_init__()
         check_unit(self.absent_at, "absent_at")
         check(self.noise_dim >= 1, "noise_dim", f"{self.noise_dim} must be >= 1")
         check_one_of(self.align_kind, "align_kind", ("cmd", "mmd"))
@@ -334,4 +338,4 @@ def _presence(valid: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | No
     return torch.stack(shares, dim=1).float()
 
 
-__all__ = ["FSRF", "REAL_DATA_ARCHITECTURE", "FSRFConfig", "FSRFOutput", "check_architecture"]
+__all__ = ["FSRF", "REAL_DATA_ARCHITECTURE", "EncoderFusionConfig", "FSRFConfig", "FSRFOutput"]

@@ -24,28 +24,11 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 
-from fsrf._validate import check
 from fsrf.model._base import BaseModel, BaseModelConfig, register_model
-from fsrf.model._late_fusion import SubNet, TextSubNet, time_average
+from fsrf.model._late_fusion import PredOutput, Unimodal, check_late_fusion
 
 if TYPE_CHECKING:
     from fsrf._config import Config
-
-
-@dataclass(frozen=True, eq=False)
-class PredOutput:
-    """A forward pass of a model that gives only the prediction (B,) and its fused vector."""
-
-    pred: torch.Tensor
-    fused: torch.Tensor
-
-
-def check_late_fusion(section) -> None:
-    """Widths >= 1 and dropouts in [0, 1) for the late-fusion references."""
-    for key in ("text_hidden", "audio_hidden", "vision_hidden", "text_out", "post_fusion_dim"):
-        check(getattr(section, key) >= 1, key, f"{getattr(section, key)} must be >= 1")
-    for key in ("text_dropout", "audio_dropout", "vision_dropout", "post_fusion_dropout"):
-        check(0.0 <= getattr(section, key) < 1.0, key, f"{getattr(section, key)} must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -88,9 +71,7 @@ class LFDNN(BaseModel):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         mc, dims = config.model, config.data.dims()
-        self.text = TextSubNet(dims["text"], mc.text_hidden, mc.text_out, mc.text_dropout)
-        self.audio = SubNet(dims["audio"], mc.audio_hidden, mc.audio_dropout)
-        self.vision = SubNet(dims["vision"], mc.vision_hidden, mc.vision_dropout)
+        self.unimodal = Unimodal(mc, dims)
         fused = mc.text_out + mc.audio_hidden + mc.vision_hidden
         self.post = nn.Sequential(
             nn.Dropout(mc.post_fusion_dropout), nn.Linear(fused, mc.post_fusion_dim), nn.ReLU(),
@@ -98,9 +79,6 @@ class LFDNN(BaseModel):
         )
 
     def forward(self, features, valid, *, keep=None) -> PredOutput:
-        h = torch.cat([
-            self.text(features["text"], valid["text"]),
-            self.audio(time_average(features["audio"], valid["audio"])),
-            self.vision(time_average(features["vision"], valid["vision"])),
-        ], dim=-1)  # (B, text_out + H_a + H_v)
+        u = self.unimodal(features, valid)
+        h = torch.cat([u["text"], u["audio"], u["vision"]], dim=-1)  # (B, text_out + H_a + H_v)
         return PredOutput(pred=self.post(h).squeeze(-1), fused=h)

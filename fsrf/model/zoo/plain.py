@@ -13,27 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from fsrf.model._base import BaseModelConfig, register_model
-from fsrf.model.zoo.fsrf import FSRF, REAL_DATA_ARCHITECTURE, check_architecture
+from fsrf.model._base import register_model
+from fsrf.model.zoo.fsrf import FSRF, REAL_DATA_ARCHITECTURE, EncoderFusionConfig
 
 
 @dataclass(frozen=True)
-class PlainConfig(BaseModelConfig):
-    """The plain model's section: architecture only (it has no loss term of its own)."""
+class PlainConfig(EncoderFusionConfig):
+    """The plain model's section: FSRF's architecture fields only (it has no loss term of its own)."""
 
     name: str = "plain"
-    hidden: int = 64
-    heads: int = 4
-    encoder_layers: int = 1
-    fusion_layers: int = 1
-    ff_mult: int = 2
-    dropout: float = 0.1
-    downsample: int = 1
 
     dataset_defaults: ClassVar = {ds: REAL_DATA_ARCHITECTURE for ds in ("mosi", "mosei", "sims")}  # as FSRF's
-
-    def __post_init__(self) -> None:
-        check_architecture(self)
 
 
 @register_model

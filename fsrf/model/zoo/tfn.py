@@ -25,8 +25,7 @@ from torch import nn
 
 from fsrf._validate import check
 from fsrf.model._base import BaseModel, BaseModelConfig, register_model
-from fsrf.model._late_fusion import SubNet, TextSubNet, time_average
-from fsrf.model.zoo.lf_dnn import PredOutput, check_late_fusion
+from fsrf.model._late_fusion import PredOutput, Unimodal, check_late_fusion
 
 if TYPE_CHECKING:
     from fsrf._config import Config
@@ -86,9 +85,7 @@ class TFN(BaseModel):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         mc, dims = config.model, config.data.dims()
-        self.text = TextSubNet(dims["text"], mc.text_hidden, mc.text_out, mc.text_dropout)
-        self.audio = SubNet(dims["audio"], mc.audio_hidden, mc.audio_dropout)
-        self.vision = SubNet(dims["vision"], mc.vision_hidden, mc.vision_dropout)
+        self.unimodal = Unimodal(mc, dims)
         self.post = nn.Sequential(
             nn.Dropout(mc.post_fusion_dropout), nn.Linear(mc.fusion_size(), mc.post_fusion_dim), nn.ReLU(),
             nn.Linear(mc.post_fusion_dim, mc.post_fusion_dim), nn.ReLU(), nn.Linear(mc.post_fusion_dim, 1),
@@ -96,10 +93,7 @@ class TFN(BaseModel):
         self.output_range = mc.output_range
 
     def forward(self, features, valid, *, keep=None) -> PredOutput:
-        fused = tensor_fusion(
-            self.audio(time_average(features["audio"], valid["audio"])),
-            self.vision(time_average(features["vision"], valid["vision"])),
-            self.text(features["text"], valid["text"]),
-        )  # (B, (H_a+1)(H_v+1)(text_out+1))
+        u = self.unimodal(features, valid)
+        fused = tensor_fusion(u["audio"], u["vision"], u["text"])  # (B, (H_a+1)(H_v+1)(text_out+1))
         out = self.post(fused).squeeze(-1)
         return PredOutput(pred=torch.sigmoid(out) * 2 * self.output_range - self.output_range, fused=fused)
