@@ -88,6 +88,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0o600; results and configs are for every reader
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -55,6 +55,7 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
     config = load_config(None, ["model.homo=0.25", "missing.valid_rates=[0.0, 0.5]", "curriculum.kind=step"])
     save_config(config, tmp_path / "c.yaml", provenance={"note": "test"})
     assert load_config(tmp_path / "c.yaml") == config
+    assert (tmp_path / "c.yaml").stat().st_mode & 0o777 == 0o644  # readable by every reader, not 0600
     assert config_from_dict(config_to_dict(config)) == config
 
 
