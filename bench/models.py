@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from train_throughput import _sync, matmul_flops  # noqa: E402
+from train_throughput import _sync, machine_info, matmul_flops  # noqa: E402
 from fsrf import build_model, load_config, model_names, with_overrides  # noqa: E402
 from fsrf._rng import draw_seed, isolated_rng, make_generator  # noqa: E402
 from fsrf._run_data import load_dataset  # noqa: E402
@@ -108,12 +107,7 @@ def main() -> None:
         row["train_flop_share_of_matmul"] = round(row["train_achieved_gflop_per_s"] * 1e9 / peak, 3)
         models[name] = row
     print(json.dumps({
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "precision": args.precision,
-        "shapes": {"text": [50, 768], "audio": [375, 5], "vision": [500, 20], "batch": 64},
+        **machine_info(device, args.precision),
         "matmul_fp32_gflop_per_s": round(peak / 1e9, 1),
         "models": models,
         "targets": {"train_flop_share_of_matmul": ">= 0.15 every model, >= 0.25 fsrf"},

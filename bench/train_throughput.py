@@ -56,6 +56,18 @@ def matmul_flops(device: torch.device, size: int = 2048, repeats: int = 10) -> f
     return best
 
 
+def machine_info(device: torch.device, precision: str) -> dict:
+    """Where and at which shapes a throughput figure was measured (the head of every bench JSON here)."""
+    return {
+        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "precision": precision,
+        "shapes": {"text": [50, 768], "audio": [375, 5], "vision": [500, 20], "batch": 64},
+    }
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -123,12 +135,7 @@ def main() -> None:
     peak = matmul_flops(device)
     achieved = flops * steps / epoch_s
     print(json.dumps({
-        "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "machine": platform.machine(),
-        "precision": args.precision,
-        "shapes": {"text": [50, 768], "audio": [375, 5], "vision": [500, 20], "batch": 64},
+        **machine_info(device, args.precision),
         "model": {k: getattr(config.model, k) for k in ("hidden", "heads", "encoder_layers", "downsample")},
         "parameters": sum(p.numel() for p in model.parameters()),
         "train_samples_per_s": round(trained / epoch_s, 1),

@@ -63,10 +63,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from torch.nn import functional as F
 
 from fsrf._constants import MODALITIES
-from fsrf.model._base import StepOutput, total_loss
+from fsrf.model._base import StepOutput, task_loss, total_loss
 
 if TYPE_CHECKING:
     from fsrf.model.zoo.fsrf import FSRFConfig, FSRFOutput
@@ -148,10 +147,6 @@ def mmd(x1: torch.Tensor, x2: torch.Tensor, bandwidths: Sequence[float] = (0.5, 
     return k[:n1, :n1].mean() + k[n1:, n1:].mean() - 2.0 * k[:n1, n1:].mean()
 
 
-def _task(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
-    return F.l1_loss(pred, target) if kind == "l1" else F.mse_loss(pred, target)
-
-
 def _mean(values: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
     return torch.stack(values).mean() if values else like.new_zeros(())
 
@@ -228,7 +223,7 @@ def _distill_terms(
                     parts.append(relative_mse(student.used[m][rows], teacher.homo[m][rows]) * rows.float().mean())
             rows = teacher.presence.mean(dim=1) > student.presence.mean(dim=1) + cfg.distill_margin
             if bool(rows.any()):
-                err = _task(student.pred[rows], teacher.pred[rows].detach(), task)
+                err = task_loss(student.pred[rows], teacher.pred[rows].detach(), task)
                 parts.append(err * rows.float().mean())
         terms["distill"] = sum(parts, zero) / len(pairs) * 2  # two views' worth, whatever the mode
     if cfg.align > 0:

@@ -107,7 +107,7 @@ def _smoke_overrides(space: str) -> tuple[str, ...]:
     from tuning.space import load_space
 
     fields = set(vars(load_space(space).base.model))
-    return tuple(o for o in SMOKE["overrides"] if not o.startswith("model.") or o.split("=")[0][6:] in fields)
+    return tuple(o for o in SMOKE["overrides"] if not o.startswith("model.") or o.split("=")[0].removeprefix("model.") in fields)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,6 @@ modalities always in the order text, audio, vision.
 from __future__ import annotations
 
 import abc
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
@@ -206,8 +205,3 @@ def model_config_class(name: str) -> type[BaseModelConfig]:
 def build_model(config: Config) -> BaseModel:
     """The model ``config.model.name`` names, built from the run config."""
     return model_class(config.model.name)(config)
-
-
-def config_fields(cls: type[BaseModelConfig]) -> tuple[str, ...]:
-    """The field names of a model config class, ``name`` first."""
-    return tuple(f.name for f in dataclasses.fields(cls))
