@@ -14,6 +14,10 @@ for every model), the same scheduler, sampler and seed, as experiment ``<name>-<
 validation objective) is trained with every ``--final-seeds`` seed and evaluated on test.
 ``--budget 0`` skips the searches and compares the models' default configs.
 
+Besides registered models, ``--models`` takes the named variants of :data:`VARIANTS` (e.g.
+``plain-mixed``: the plain model trained with the mixed simulator): a variant is its model's
+config with fixed overrides, searched in its model's space with those keys held fixed.
+
 The table holds both protocols (random missing rates with their Average, the six
 whole-modality patterns with complete input and their Average), mean ± SD over seeds per
 model, and a paired t-test (two-sided, n = number of seeds, same seeds for every model) of
@@ -46,6 +50,37 @@ SPEC_FILE = "compare.json"
 SPACES = Path(__file__).resolve().parents[1] / "tuning" / "spaces"
 METRICS = ("MAE", "Corr", "Non0_F1_score")
 """The metrics of the comparison table (MMSA's; SIMS has no ``Non0_F1_score`` and shows F1_score)."""
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "plain-mixed": ("plain", {"missing.simulator": "mixed"}),
+}
+"""Comparison entries that are a registered model with fixed overrides: name -> (model, overrides)."""
+
+
+def _model_of(entry: str) -> tuple[str, dict[str, Any]]:
+    """A ``--models`` entry -> (registered model, fixed overrides)."""
+    return VARIANTS.get(entry, (entry, {}))
+
+
+def hold_fixed(space: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """A raw space with ``overrides`` moved into ``fixed``: their params are no longer searched,
+    and a param conditioned (``when``) on one of them is kept only if the fixed value satisfies it."""
+    params = {}
+    for key, spec in (space.get("params") or {}).items():
+        if key in overrides:
+            continue
+        when = dict(spec.get("when") or {}) if isinstance(spec, dict) else {}
+        held = {k: v for k, v in when.items() if k in overrides}
+        if any(overrides[k] not in (v if isinstance(v, list) else [v]) for k, v in held.items()):
+            continue  # its condition can never hold: the field keeps its base value
+        if held:
+            spec = {**spec, "when": {k: v for k, v in when.items() if k not in held}}
+            if not spec["when"]:
+                del spec["when"]
+        params[key] = spec
+    held_space = {**space, "fixed": {**(space.get("fixed") or {}), **overrides}, "params": params}
+    if space.get("columns"):
+        held_space["columns"] = [c for c in space["columns"] if c in params]
+    return held_space
 
 
 @dataclass(frozen=True)
@@ -82,9 +117,10 @@ def _base(options: CompareOptions) -> Config:
 
 def _check(options: CompareOptions, base: Config) -> None:
     known = model_names()
-    unknown = [m for m in options.models if m not in known]
+    unknown = [m for m in options.models if _model_of(m)[0] not in known]
     if unknown:
-        raise FSRFError(f"--models: {', '.join(unknown)} not registered (registered: {', '.join(known)})")
+        raise FSRFError(f"--models: {', '.join(unknown)} not registered (registered: {', '.join(known)}; "
+                        f"variants: {', '.join(VARIANTS)})")
     if len(set(options.models)) != len(options.models) or not options.models:
         raise FSRFError(f"--models: {list(options.models)} must be distinct and non-empty")
     if len(set(options.final_seeds)) != len(options.final_seeds) or len(options.final_seeds) < 2:
@@ -92,9 +128,9 @@ def _check(options: CompareOptions, base: Config) -> None:
     if options.budget < 0:
         raise FSRFError(f"--budget: {options.budget} must be >= 0 trial-epochs (0: no search)")
     if options.budget:
-        for model in options.models:
-            if not space_file(model).is_file():
-                raise FSRFError(f"--models: {model} has no search space {space_file(model)}")
+        for entry in options.models:
+            if not space_file(_model_of(entry)[0]).is_file():
+                raise FSRFError(f"--models: {entry} has no search space {space_file(_model_of(entry)[0])}")
         epochs = options.epochs or base.train.epochs
         if options.budget < epochs:
             raise FSRFError(f"--budget: {options.budget} trial-epochs is smaller than one trial ({epochs} epochs)")
@@ -125,11 +161,12 @@ def _claim(out: Path, spec: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(spec, indent=2))
 
 
-def _search(options: CompareOptions, model: str, base_file: Path, name: str) -> Config:
-    """Run (or continue) the model's search; its best configuration."""
+def _search(options: CompareOptions, entry: str, base_file: Path, name: str) -> Config:
+    """Run (or continue) the search of a ``--models`` entry; its best configuration."""
     from tuning._run import BEST_FILE, SearchOptions, experiment_path, run_search
 
-    raw = read_yaml(space_file(model))
+    model, overrides = _model_of(entry)
+    raw = hold_fixed(read_yaml(space_file(model)), overrides)
     raw["base"] = base_file.name
     space = base_file.parent / "space.yaml"
     atomic_write_text(space, yaml.safe_dump(raw, sort_keys=False))
@@ -272,15 +309,18 @@ def run_compare(options: CompareOptions) -> dict[str, Any]:
     _claim(out, _spec(options, base))
     name = options.name or out.resolve().name
     runs: dict[str, list[dict[str, Any]]] = {}
-    for model in options.models:
-        folder = out / model
+    for entry in options.models:
+        folder = out / entry
         folder.mkdir(parents=True, exist_ok=True)
+        model, overrides = _model_of(entry)
         model_base = base if model == base.model.name else with_overrides(base, {"model.name": model})
+        if overrides:
+            model_base = with_overrides(model_base, overrides, source=f"variant {entry}")
         base_file = folder / "base.yaml"
         save_config(model_base, base_file)
-        chosen = _search(options, model, base_file, f"{name}-{model}") if options.budget else model_base
+        chosen = _search(options, entry, base_file, f"{name}-{entry}") if options.budget else model_base
         save_config(chosen, folder / "chosen.yaml")
-        runs[model] = _final(chosen, options.final_seeds, folder / "final")
+        runs[entry] = _final(chosen, options.final_seeds, folder / "final")
     table = summarize(runs, options.models)
     title = f"Comparison on {base.data.dataset}: {', '.join(options.models)} (budget {options.budget} trial-epochs)"
     atomic_write_text(out / "compare.md", to_markdown(table, options.models, options.final_seeds, title))
@@ -293,7 +333,8 @@ def run_compare(options: CompareOptions) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     """``fsrf compare``: returns the exit status."""
     p = argparse.ArgumentParser(prog="fsrf compare", description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", required=True, help="registered model names; the first is the reference")
+    p.add_argument("--models", nargs="+", required=True, help="registered model names or variants "
+                   f"({', '.join(VARIANTS)}); the first is the reference")
     p.add_argument("--config", default=None, help="the dataset/training config every model starts from "
                    "(default: the built-in synthetic defaults)")
     p.add_argument("--data", default=None, help="MMSA pickle; overrides data.path")

@@ -67,6 +67,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "no-factor": {"model.homo": 0.0, "model.diff": 0.0, "model.recon": 0.0, "model.noise": 0.0},
     # no recovery path (plain fusion of whatever is left); every loss term kept but recover
     "no-recover": {"model.recovery": False, "model.recover": 0.0},
+    # one factorization term off at a time (which of them costs or helps)
+    "no-homo": {"model.homo": 0.0},
+    "no-diff": {"model.diff": 0.0},
+    "no-recon": {"model.recon": 0.0},
+    "no-noise": {"model.noise": 0.0},
 }
 METRICS = ("rand_mae", "high_mae", "pat_mae", "rand_f1", "pat_f1")
 F1 = "Non0_F1_score"

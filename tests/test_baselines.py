@@ -109,3 +109,27 @@ def test_lnln_reversal_flips_the_generator_gradient_and_cc_reads_the_text_kept_s
     step.terms["adv"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.proxy.parameters())
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.reconstruct.parameters())
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_length_lstm_equals_a_packed_lstm_on_variable_lengths(bidirectional: bool) -> None:
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from fsrf.model._rnn import LengthLSTM
+
+    with isolated_rng(3):
+        ours = LengthLSTM(5, 7, bidirectional=bidirectional)
+        ref = torch.nn.LSTM(5, 7, batch_first=True, bidirectional=bidirectional)
+        x = torch.randn(6, 11, 5)
+    lengths = torch.tensor([11, 1, 4, 7, 11, 2])
+    with torch.no_grad():  # the reference takes our weights, direction by direction
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(ref, f"{name}_l0").copy_(getattr(ours.forward_rnn, f"{name}_l0"))
+            if bidirectional:
+                getattr(ref, f"{name}_l0_reverse").copy_(getattr(ours.backward_rnn, f"{name}_l0"))
+    out, final = ours(x, lengths)
+    packed, (h, _) = ref(pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False))
+    padded, _ = pad_packed_sequence(packed, batch_first=True, total_length=11)
+    valid = (torch.arange(11) < lengths.unsqueeze(1)).unsqueeze(-1)
+    assert torch.allclose(final, h.permute(1, 0, 2).flatten(1), atol=1e-5)
+    assert torch.allclose(out * valid, padded, atol=1e-5)

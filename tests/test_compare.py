@@ -96,3 +96,35 @@ def test_compare_searches_each_model_with_the_same_budget(tiny_yaml, tmp_path, c
         chosen = (out / model / "chosen.yaml").read_text()
         assert f"name: {model}" in chosen
     assert "plain" in (out / "compare.md").read_text()
+
+
+def test_plain_mixed_holds_the_simulator_fixed_in_plains_space(tmp_path) -> None:
+    import yaml
+
+    from analysis._compare import hold_fixed, space_file
+    from fsrf._yaml import read_yaml
+    from tuning.space import load_space
+
+    raw = hold_fixed(read_yaml(space_file("plain")), {"missing.simulator": "mixed"})
+    assert raw["fixed"]["missing.simulator"] == "mixed" and "missing.simulator" not in raw["params"]
+    assert "when" not in raw["params"]["missing.modality_share"]  # its condition holds for good
+    random = hold_fixed(read_yaml(space_file("plain")), {"missing.simulator": "random"})
+    assert "missing.modality_share" not in random["params"]  # its condition can never hold
+    raw["base"] = str(space_file("plain").parent.joinpath(raw["base"]).resolve())
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    space = load_space(path)
+    assert dict(space.fixed)["missing.simulator"] == "mixed"
+    assert "missing.simulator" not in [p.name for p in space.params]
+
+
+def test_plain_mixed_is_plain_trained_with_the_mixed_simulator(tiny_yaml, tmp_path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--models", "plain", "plain-mixed", "--config", str(tiny_yaml), "--budget", "0",
+            "--final-seeds", "2", "--out", str(out)]
+    assert main(args) == 0
+    from fsrf import load_config
+
+    chosen = load_config(out / "plain-mixed" / "chosen.yaml")
+    assert chosen.model.name == "plain" and chosen.missing.simulator == "mixed"
+    assert load_config(out / "plain" / "chosen.yaml").missing.simulator != "mixed"

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
 
 from fsrf._validate import check
+from fsrf.model._rnn import LengthLSTM
 
 
 @dataclass(frozen=True, eq=False)
@@ -64,15 +64,14 @@ class TextSubNet(nn.Module):
 
     def __init__(self, in_dim: int, hidden: int, out: int, dropout: float) -> None:
         super().__init__()
-        self.rnn = nn.LSTM(in_dim, hidden, num_layers=1, batch_first=True)
+        self.rnn = LengthLSTM(in_dim, hidden)
         self.drop = nn.Dropout(dropout)
         self.linear = nn.Linear(hidden, out)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        lengths = valid.sum(dim=1).clamp_min(1).cpu()  # a sample with no valid step reads its first
-        packed = pack_padded_sequence(x.float(), lengths, batch_first=True, enforce_sorted=False)
-        _, (h, _) = self.rnn(packed)
-        return self.linear(self.drop(h[-1]))
+        lengths = valid.sum(dim=1).clamp_min(1)  # a sample with no valid step reads its first
+        _, last = self.rnn(x, lengths)
+        return self.linear(self.drop(last))
 
 
 class Unimodal(nn.Module):

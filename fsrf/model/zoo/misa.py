@@ -38,12 +38,12 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from fsrf._constants import MODALITIES
 from fsrf._validate import check, check_weights
 from fsrf.losses import cmd
 from fsrf.model._base import BaseModel, BaseModelConfig, StepOutput, TrainBatch, register_model
+from fsrf.model._rnn import LengthLSTM
 
 if TYPE_CHECKING:
     from fsrf._config import Config
@@ -105,18 +105,14 @@ class _StackedBiLSTM(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.first = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
+        self.first = LengthLSTM(dim, dim, bidirectional=True)
         self.norm = nn.LayerNorm(2 * dim)
-        self.second = nn.LSTM(2 * dim, dim, batch_first=True, bidirectional=True)
+        self.second = LengthLSTM(2 * dim, dim, bidirectional=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        packed = pack_padded_sequence(x.float(), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, (h1, _) = self.first(packed)
-        padded, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
-        packed2 = pack_padded_sequence(self.norm(padded), lengths.cpu(), batch_first=True, enforce_sorted=False)
-        _, (h2, _) = self.second(packed2)
-        # (2, B, D) each -> (B, 4 D): layer 1 fwd/bwd, layer 2 fwd/bwd
-        return torch.cat([h1.permute(1, 0, 2).flatten(1), h2.permute(1, 0, 2).flatten(1)], dim=-1)
+        out, h1 = self.first(x, lengths)
+        _, h2 = self.second(self.norm(out), lengths)
+        return torch.cat([h1, h2], dim=-1)  # (B, 4 D): layer 1 fwd/bwd, layer 2 fwd/bwd
 
 
 @register_model
