@@ -228,7 +228,8 @@ class LNLN(BaseModel):
         out = self(batch.features, batch.valid, keep=batch.keep)
         device = batch.labels.device
         with torch.no_grad():
-            complete = self.embeddings({m: v.to(device) for m, v in batch.complete.items()}, batch.valid)
+            complete = {m: v.to(device) for m, v in batch.complete.items()}
+            complete = self.embeddings(self.encode_inputs(complete, batch.valid), batch.valid)
         with torch.autocast(device_type=device.type, enabled=False):
             valid_t = batch.valid["text"]
             kept = (valid_t & batch.keep["text"]).sum(dim=1) / valid_t.sum(dim=1).clamp_min(1)
