@@ -121,7 +121,7 @@ def _fmt(value: float, digits: int) -> str:
 
 def model_text_protocol(model: BaseModel) -> str:
     """``tokens`` when ``model`` encodes text token ids itself, else ``features-approx``."""
-    return TEXT_PROTOCOLS["tokens" if model._modules.get("text_encoder") is not None else "features"]
+    return TEXT_PROTOCOLS["tokens" if getattr(model, "text_encoder", None) is not None else "features"]
 
 
 def mean_row(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:

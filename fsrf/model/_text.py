@@ -63,7 +63,7 @@ _HOW_TO_GET = ("save a BERT model and its tokenizer there with save_pretrained o
                "for MOSI/MOSEI, bert-base-chinese for SIMS")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TextModelInfo:
     """What the token protocol reads from a model directory (no weights loaded).
 
@@ -266,6 +266,7 @@ class TextEncoder(nn.Module):
 
     @property
     def hidden_size(self) -> int:
+        """H, the width of the encoding (the directory's ``hidden_size``)."""
         return self.info.hidden_size
 
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> TextEncoder:
