@@ -46,8 +46,10 @@ def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 111
     return {"seed": seed, "best_epoch": result.best_epoch, "random": random_rows, "patterns": pattern_rows}
 
 
-def aggregate(runs: Sequence[dict[str, Any]], key: str, title: str) -> tuple[RobustnessTable, dict]:
-    """Mean and sample standard deviation over seeds of every row and metric of one table."""
+def aggregate(runs: Sequence[dict[str, Any]], key: str, title: str, *,
+              text_protocol: str | None = None) -> tuple[RobustnessTable, dict]:
+    """Mean and sample standard deviation over seeds of every row and metric of one table
+    (``text_protocol``: ``features-approx`` or ``tokens``, written with the mean table)."""
     rows = runs[0][key]
     mean, spread = {}, {}
     for label, metrics in rows.items():
@@ -56,7 +58,7 @@ def aggregate(runs: Sequence[dict[str, Any]], key: str, title: str) -> tuple[Rob
             values = [r[key][label][name] for r in runs]
             mean[label][name] = statistics.fmean(values)
             spread[label][name] = statistics.stdev(values) if len(values) > 1 else 0.0
-    return RobustnessTable(title, mean), spread
+    return RobustnessTable(title, mean, text_protocol), spread
 
 
 def to_markdown(table: RobustnessTable, spread: dict, *, percent: bool = True) -> str:
@@ -96,11 +98,12 @@ def run_final(config: Config, seeds: Sequence[int], out: Path, *, parallel: str 
     else:
         runs = [train_and_evaluate(config, s, str(out)) for s in seeds]
     runs = sorted(runs, key=lambda r: r["seed"])
-    random_table, random_std = aggregate(runs, "random", "missing rate")
-    pattern_table, pattern_std = aggregate(runs, "patterns", "available modalities")
+    protocol = config.data.text_protocol()
+    random_table, random_std = aggregate(runs, "random", "missing rate", text_protocol=protocol)
+    pattern_table, pattern_std = aggregate(runs, "patterns", "available modalities", text_protocol=protocol)
     report = (
         f"# Final results: {config.data.dataset}, test split, seeds {', '.join(map(str, seeds))}\n\n"
-        "Mean ± standard deviation over seeds; accuracies and F1 in %.\n\n"
+        f"Mean ± standard deviation over seeds; accuracies and F1 in %; text protocol: {protocol}.\n\n"
         "## Random missing rates\n\n" + to_markdown(random_table, random_std)
         + "\n## Whole-modality missing\n\n" + to_markdown(pattern_table, pattern_std)
     )

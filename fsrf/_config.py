@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsrf._constants import EVAL_RATES, MODALITIES
+from fsrf._constants import EVAL_RATES, MODALITIES, TEXT_INPUTS, TEXT_PROTOCOLS
 from fsrf._errors import FSRFError
 from fsrf._validate import check, check_one_of, check_unit
 from fsrf.curriculum import CURRICULA, BaseCurriculum, build_curriculum
@@ -37,7 +37,13 @@ _check, _unit, _one_of = check, check_unit, check_one_of
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which data, and the shapes the model is built for."""
+    """Which data, and the shapes the model is built for.
+
+    ``text_input`` is ``features`` (MMSA's precomputed BERT ``text`` features, (N, L, text_dim))
+    or ``tokens`` (``text_bert``'s ids through the BERT-family model in the local directory
+    ``text_model``, frozen or with ``text_finetune``; ``text_dim`` is then its hidden size;
+    see :mod:`fsrf.model._text`).
+    """
 
     dataset: str = "synthetic"
     path: str | None = None
@@ -55,9 +61,25 @@ class DataConfig:
     synthetic_label: str = "shared"
     synthetic_label_noise: float = 0.6
     synthetic_latent: int = 4
+    text_input: str = "features"
+    text_model: str | None = None
+    text_finetune: bool = False
+    text_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "dataset", DATASETS)
+        _one_of(self.text_input, "text_input", TEXT_INPUTS)
+        if self.text_input == "tokens":
+            _check(bool(self.text_model), "text_model",
+                   "data.text_input: tokens needs the directory of a BERT-family model and its tokenizer, "
+                   "written by save_pretrained (bert-base-uncased for MOSI/MOSEI, bert-base-chinese for SIMS)")
+            _check(self.text_finetune or not self.text_checkpointing, "text_checkpointing",
+                   "needs data.text_finetune: true (a frozen encoder runs without gradient)")
+        else:
+            for key in ("text_model", "text_finetune", "text_checkpointing"):
+                _check(getattr(self, key) in (None, False), key,
+                       f"{getattr(self, key)!r} is read only with data.text_input: tokens "
+                       f"(text_input is {self.text_input!r}); leave it {'null' if key == 'text_model' else 'false'}")
         _one_of(self.synthetic_kind, "synthetic_kind", SYNTHETIC_KINDS)
         _one_of(self.synthetic_label, "synthetic_label", SYNTHETIC_LABELS)
         _check(self.synthetic_label_noise >= 0, "synthetic_label_noise",
@@ -77,6 +99,11 @@ class DataConfig:
     def lengths(self) -> dict[str, int]:
         """Padded sequence length per modality, in modality order."""
         return {m: getattr(self, f"{m}_len") for m in MODALITIES}
+
+    def text_protocol(self) -> str:
+        """How missing text is simulated: ``features-approx`` (rows of precomputed BERT features
+        dropped, an approximation) or ``tokens`` (ids dropped to [UNK] before BERT, MMSA/LNLN)."""
+        return TEXT_PROTOCOLS[self.text_input]
 
 
 @dataclass(frozen=True)
@@ -130,16 +157,22 @@ class MissingConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warm-up then cosine decay, stepped per batch."""
+    """AdamW with linear warm-up then cosine decay, stepped per batch.
+
+    ``text_lr`` is the peak learning rate of a fine-tuned text encoder (``data.text_finetune``),
+    under the same warm-up and decay.
+    """
 
     lr: float = 1e-3
     weight_decay: float = 1e-4
     batch_size: int = 64
     warmup_fraction: float = 0.1
     grad_clip: float = 1.0
+    text_lr: float = 5e-5
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "lr", f"{self.lr} must be > 0")
+        _check(self.text_lr > 0, "text_lr", f"{self.text_lr} must be > 0")
         _check(self.weight_decay >= 0, "weight_decay", f"{self.weight_decay} must be >= 0")
         _check(self.batch_size >= 2, "batch_size", f"{self.batch_size} must be >= 2")
         _unit(self.warmup_fraction, "warmup_fraction")

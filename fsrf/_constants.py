@@ -37,6 +37,14 @@ MISSING_PATTERNS: Final[tuple[tuple[str, ...], ...]] = (
 
 COMPLETE_PATTERN: Final[tuple[str, ...]] = MODALITIES
 
+TEXT_INPUTS: Final[tuple[str, str]] = ("features", "tokens")
+"""``data.text_input``: MMSA's precomputed BERT features, or its token ids through a BERT encoder."""
+
+TEXT_PROTOCOLS: Final[dict[str, str]] = {"features": "features-approx", "tokens": "tokens"}
+"""The text protocol each text input gives, as results files name it: dropping rows of
+precomputed contextual features approximates the field's token protocol (the kept rows still
+encode the dropped words); ``tokens`` is MMSA's/LNLN's (dropped ids -> [UNK] before BERT)."""
+
 # --- metric names (MMSA keys) ---------------------------------------------------
 MOSI_METRICS: Final[tuple[str, ...]] = (
     "Has0_acc_2",

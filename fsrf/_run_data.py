@@ -10,6 +10,7 @@ from fsrf._config import DataConfig
 from fsrf._constants import MODALITIES
 from fsrf._errors import FSRFError
 from fsrf.data import MultimodalDataset, load_mmsa, make_recovery, make_synthetic, save_mmsa
+from fsrf.model._text import TOKEN_CHANNELS, check_text_dim, check_tokens, read_text_model
 
 
 def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> MultimodalDataset:
@@ -28,9 +29,9 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
         with tempfile.TemporaryDirectory(prefix="fsrf-synthetic-") as tmp:
             file = Path(tmp) / "synthetic.pkl"
             save_mmsa(file, synthetic_data(cfg))
-            dataset = load_mmsa(file, name="synthetic")
+            dataset = load_mmsa(file, name="synthetic", text_input=cfg.text_input)
     else:
-        dataset = load_mmsa(source, name=cfg.dataset)
+        dataset = load_mmsa(source, name=cfg.dataset, text_input=cfg.text_input)
     check_shapes(cfg, dataset)
     return dataset
 
@@ -51,11 +52,23 @@ def synthetic_data(cfg: DataConfig) -> dict[str, dict[str, Any]]:
 
 
 def check_shapes(cfg: DataConfig, dataset: MultimodalDataset) -> None:
-    """The file's feature dims must equal ``data.<m>_dim`` and its lengths fit ``data.<m>_len``."""
+    """The file's feature dims must equal ``data.<m>_dim`` and its lengths fit ``data.<m>_len``.
+
+    With ``data.text_input: tokens`` the text holds token and segment ids instead of features:
+    they must fit the vocabulary of ``data.text_model``, whose hidden size must equal
+    ``data.text_dim`` (the directory's config and tokenizer are read, not its weights).
+    """
     dims, lens = dataset.train.dims(), dataset.train.lengths()
     where = dataset.source or "dataset"
+    tokens = cfg.text_input == "tokens"
     for m in MODALITIES:
-        if dims[m] != getattr(cfg, f"{m}_dim"):
+        if m == "text" and tokens:
+            if dims[m] != TOKEN_CHANNELS:
+                raise FSRFError(
+                    f"data.text_input: tokens, but {where} was loaded with {dims[m]}-wide text features, "
+                    f"not token ids (load it with text_input='tokens')"
+                )
+        elif dims[m] != getattr(cfg, f"{m}_dim"):
             raise FSRFError(
                 f"data.{m}_dim: config says {getattr(cfg, f'{m}_dim')} but {where} has "
                 f"{dims[m]} {m} features (set data.{m}_dim={dims[m]})"
@@ -65,3 +78,10 @@ def check_shapes(cfg: DataConfig, dataset: MultimodalDataset) -> None:
                 f"data.{m}_len: config says {getattr(cfg, f'{m}_len')} but {where} has "
                 f"{lens[m]} {m} steps (set data.{m}_len={lens[m]})"
             )
+    if tokens:
+        assert cfg.text_model is not None  # DataConfig checks it
+        info = read_text_model(cfg.text_model)
+        check_text_dim(info, cfg.text_dim)
+        for name in ("train", "valid", "test"):
+            check_tokens(info, dataset.split(name).features["text"], text_len=cfg.text_len,
+                         where=f"{where}: split {name!r}")

@@ -1,9 +1,13 @@
 """Evaluation across missing rates and whole-modality patterns: the field's robustness tables.
 
-Random missingness (LNLN protocol): every modality loses frames/tokens at one
-fixed rate r in 0.0 ... 0.9; the masks are a pure function of (seed, rate,
-split). Whole-modality missingness (CorrKD/HRLF protocol): the six availability
-patterns {l}, {a}, {v}, {l,a}, {l,v}, {a,v} plus the complete input.
+Random missingness: every modality loses frames/tokens at one fixed rate r in
+0.0 ... 0.9 (the first and last text token kept); the masks are a pure function
+of (seed, rate, split). With ``data.text_input: tokens`` the dropped text tokens
+become [UNK] before BERT runs (the LNLN/MMSA protocol, ``text_protocol: tokens``);
+with ``features`` rows of precomputed BERT features are zeroed instead, an
+approximation (``text_protocol: features-approx``). Whole-modality missingness
+(CorrKD/HRLF protocol): the six availability patterns {l}, {a}, {v}, {l,a},
+{l,v}, {a,v} plus the complete input.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fsrf._constants import COMPLETE_PATTERN, EVAL_RATES, MISSING_PATTERNS, pattern_name
+from fsrf._constants import COMPLETE_PATTERN, EVAL_RATES, MISSING_PATTERNS, TEXT_PROTOCOLS, pattern_name
 from fsrf._device import autocast
 from fsrf._yaml import atomic_write_text
 from fsrf.data import Split
@@ -68,10 +72,13 @@ class RobustnessTable:
     Attributes:
         title: what the rows vary (``missing rate`` or ``available modalities``).
         rows: condition label -> metric name -> value; the last row is the average.
+        text_protocol: ``features-approx`` or ``tokens`` (:func:`model_text_protocol`), written to
+            the JSON file when given.
     """
 
     title: str
     rows: dict[str, dict[str, float]]
+    text_protocol: str | None = None
 
     def metric_names(self) -> list[str]:
         return list(next(iter(self.rows.values())))
@@ -96,7 +103,8 @@ class RobustnessTable:
 
     def to_json(self) -> str:
         rows = {k: {m: (None if math.isnan(v) else v) for m, v in r.items()} for k, r in self.rows.items()}
-        return json.dumps({"title": self.title, "rows": rows}, indent=2)
+        protocol = {} if self.text_protocol is None else {"text_protocol": self.text_protocol}
+        return json.dumps({"title": self.title, **protocol, "rows": rows}, indent=2)
 
     def write(self, directory: str | Path, stem: str) -> list[Path]:
         """Write ``<stem>.json`` and ``<stem>.csv`` atomically into ``directory``."""
@@ -109,6 +117,11 @@ class RobustnessTable:
 
 def _fmt(value: float, digits: int) -> str:
     return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def model_text_protocol(model: BaseModel) -> str:
+    """``tokens`` when ``model`` encodes text token ids itself, else ``features-approx``."""
+    return TEXT_PROTOCOLS["tokens" if getattr(model, "text_encoder", None) is not None else "features"]
 
 
 def mean_row(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
@@ -137,7 +150,7 @@ def random_missing_table(
         pred = predict(model, split, keep=keep, batch_size=batch_size, device=device, precision=precision)
         rows[f"{rate:.1f}"] = regression_metrics(pred, split.labels, dataset)
     rows[AVERAGE] = mean_row(list(rows.values()))
-    return RobustnessTable("missing rate", rows)
+    return RobustnessTable("missing rate", rows, model_text_protocol(model))
 
 
 def modality_pattern_table(
@@ -161,4 +174,4 @@ def modality_pattern_table(
     average = mean_row(list(rows.values()))
     rows["complete"] = complete
     rows[AVERAGE] = average
-    return RobustnessTable("available modalities", rows)
+    return RobustnessTable("available modalities", rows, model_text_protocol(model))

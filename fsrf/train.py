@@ -50,6 +50,7 @@ from fsrf._steps import EpochContext, train_epoch, validate
 from fsrf._yaml import atomic_write_text, save_config
 from fsrf.data import MultimodalDataset
 from fsrf.model import build_model
+from fsrf.model._text import text_parameters
 
 Report = Callable[[dict[str, float], "Path | None"], None]
 """``report(metrics, checkpoint)``: called once per epoch; ``checkpoint`` is the
@@ -87,6 +88,17 @@ def _lr_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], fl
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+def _parameter_groups(model: torch.nn.Module, config: Config) -> list[dict]:
+    """One AdamW group at ``optim.lr``, plus a fine-tuned text encoder's at ``optim.text_lr``
+    (the same warm-up and decay schedule scales both)."""
+    text = text_parameters(model)
+    if not text:
+        return [{"params": list(model.parameters())}]
+    ids = {id(p) for p in text}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [{"params": rest}, {"params": text, "lr": config.optim.text_lr}]
 
 
 def _check_resume_config(config: Config, stored: Config, source: str) -> None:
@@ -141,7 +153,8 @@ def train(
     generator = make_generator(tc.seed)
     with isolated_rng(draw_seed(generator), device):
         model = build_model(config).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.optim.lr,
+                                  weight_decay=config.optim.weight_decay)
     n_train = len(dataset.train)
     steps = max(1, n_train // config.optim.batch_size) if n_train >= config.optim.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -38,6 +38,7 @@ def test_train_then_evaluate(tiny_yaml: Path, tmp_path: Path, capsys: pytest.Cap
     assert list(table["rows"]) == [f"{0.1 * i:.1f}" for i in range(10)] + ["Average"]
     patterns = json.loads((out / "eval-test" / "robustness_patterns.json").read_text())
     assert list(patterns["rows"]) == ["{l}", "{a}", "{v}", "{l,a}", "{l,v}", "{a,v}", "complete", "Average"]
+    assert table["text_protocol"] == patterns["text_protocol"] == "features-approx"  # data.text_input: features
     csv_lines = (out / "eval-test" / "robustness_random.csv").read_text().splitlines()
     assert csv_lines[0].startswith("missing rate,Has0_acc_2") and len(csv_lines) == 12
     # same masks, same numbers: evaluation is a pure function of (seed, rate, split)

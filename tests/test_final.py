@@ -27,6 +27,8 @@ def test_final_writes_the_published_table(tmp_path: Path, capsys: pytest.Capture
     assert code == 0
     text = (out / "final.md").read_text()
     assert "± " in text and "| Average |" in text and "| {l,a} |" in text
+    assert "text protocol: features-approx" in text
+    assert json.loads((out / "robustness_random_mean.json").read_text())["text_protocol"] == "features-approx"
     mean = json.loads((out / "robustness_random_mean.json").read_text())["rows"]
     std = json.loads((out / "robustness_random_std.json").read_text())["rows"]
     assert list(mean) == [f"{0.1 * i:.1f}" for i in range(10)] + ["Average"]

@@ -7,7 +7,9 @@ T_m steps of modality m, D_m its feature dimension):
 * ``text``: (N, L, 768) BERT features, the text input;
 * ``text_bert``: (N, 3, L) input ids, attention mask, segment ids stored as floats;
   row 1 (the attention mask) marks the valid text positions. Without it, a text
-  position is valid where its feature row is non-zero;
+  position is valid where its feature row is non-zero. With ``text_input="tokens"``
+  the text input is its ids and segment ids, (N, L, 2) floats, and ``text`` is
+  not read (nor required);
 * ``audio``: (N, T_a, D_a) and ``vision``: (N, T_v, D_v);
 * ``audio_lengths``, ``vision_lengths``: (N,) valid steps, unaligned files only;
   without them every step is valid;
@@ -33,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fsrf._constants import DATASET_METRICS, MODALITIES, SPLITS
+from fsrf._constants import DATASET_METRICS, MODALITIES, SPLITS, TEXT_INPUTS
 from fsrf._errors import FSRFError
 from fsrf.data._pickle import load_pickle_restricted
 from fsrf.data._types import MultimodalDataset, Split
@@ -43,7 +45,7 @@ _LABELS = "regression_labels"
 _CHUNK_ELEMENTS = 1 << 24  # rows scanned at a time when checking big feature arrays
 
 
-def load_mmsa(path: str | os.PathLike[str], *, name: str) -> MultimodalDataset:
+def load_mmsa(path: str | os.PathLike[str], *, name: str, text_input: str = "features") -> MultimodalDataset:
     """Load an MMSA pickle into tensors, validating every key the model uses.
 
     Features become float32 contiguous tensors that share memory with the
@@ -54,10 +56,13 @@ def load_mmsa(path: str | os.PathLike[str], *, name: str) -> MultimodalDataset:
     Args:
         path: the ``.pkl`` file.
         name: ``synthetic``, ``mosi``, ``mosei`` or ``sims`` (selects the metrics).
+        text_input: ``features`` (the ``text`` BERT features) or ``tokens``
+            (``text_bert``'s token ids and segment ids, for a BERT encoder).
 
     Returns:
-        The dataset; each split holds features modality -> (N, T_m, D_m) float32,
-        valid modality -> (N, T_m) bool, labels (N,) float32 and N ids.
+        The dataset; each split holds features modality -> (N, T_m, D_m) float32
+        (text (N, L, 2) ids and segment ids with ``tokens``), valid modality ->
+        (N, T_m) bool, labels (N,) float32 and N ids.
 
     Raises:
         FSRFError: an unknown ``name``, an unreadable file, or a file that breaks
@@ -67,6 +72,8 @@ def load_mmsa(path: str | os.PathLike[str], *, name: str) -> MultimodalDataset:
     if name not in DATASET_METRICS:
         known = ", ".join(sorted(DATASET_METRICS))
         raise FSRFError(f"dataset name {name!r} is unknown, expected one of {known}")
+    if text_input not in TEXT_INPUTS:
+        raise FSRFError(f"text_input: {text_input!r} is not one of {', '.join(TEXT_INPUTS)}")
     source = str(path)
     data = load_pickle_restricted(path)
     if not isinstance(data, dict):
@@ -85,7 +92,7 @@ def load_mmsa(path: str | os.PathLike[str], *, name: str) -> MultimodalDataset:
     for split in SPLITS:
         where = _Where(source, split)
         # Popping lets each raw array be freed once converted (MOSEI is ~14 GB).
-        splits[split] = _read_split(data.pop(split), where=where, bad_counts=bad_counts)
+        splits[split] = _read_split(data.pop(split), where=where, bad_counts=bad_counts, tokens=text_input == "tokens")
     _check_dims_agree(splits, source=source)
     if bad_counts:
         total = sum(bad_counts.values())
@@ -135,12 +142,18 @@ class _Where:
         return FSRFError(f"{self.source}: split {self.split!r} key {key!r} {problem}")
 
 
-def _read_split(raw: dict[str, Any], *, where: _Where, bad_counts: dict[str, int]) -> Split:
+def _read_split(raw: dict[str, Any], *, where: _Where, bad_counts: dict[str, int], tokens: bool = False) -> Split:
     """Validate one split dict and convert it to a :class:`Split` (pops the feature keys)."""
-    for key in ("text", "audio", "vision", _LABELS, "id"):
+    for key in ("text_bert" if tokens else "text", "audio", "vision", _LABELS, "id"):
         if key not in raw:
-            raise FSRFError(f"{where.source}: split {where.split!r} is missing key {key!r}")
-    features = {m: _features(raw.pop(m), key=m, where=where) for m in MODALITIES}
+            why = " (data.text_input: tokens reads the BERT token ids from it)" if key == "text_bert" else ""
+            raise FSRFError(f"{where.source}: split {where.split!r} is missing key {key!r}{why}")
+    if tokens:
+        raw.pop("text", None)  # the precomputed features are not read
+        features = {"text": _token_features(raw, where=where)}
+        features.update({m: _features(raw.pop(m), key=m, where=where) for m in MODALITIES[1:]})
+    else:
+        features = {m: _features(raw.pop(m), key=m, where=where) for m in MODALITIES}
     n = features["text"].shape[0]
     if n == 0:
         raise where.error("text", "has 0 samples, expected at least one")
@@ -229,6 +242,24 @@ def _zero_non_finite(array: np.ndarray) -> int:
             chunk[bad] = 0.0
             count += n_bad
     return count
+
+
+def _token_features(raw: Mapping[str, Any], *, where: _Where) -> np.ndarray:
+    """(N, L, 2) float32 token ids and segment ids of ``text_bert``, checked to be integers >= 0."""
+    bert = _array(raw["text_bert"], key="text_bert", rank=3, shape="(N, 3, L)", where=where)
+    if bert.shape[1] != 3:
+        raise where.error("text_bert", f"has shape {bert.shape}, expected (N, 3, L)")
+    if not _is_real(bert.dtype):
+        raise where.error("text_bert", f"has dtype {bert.dtype}, expected numbers")
+    if bert.shape[0] == 0:
+        raise where.error("text_bert", "has 0 samples, expected at least one")
+    for row, what in ((0, "token id"), (2, "segment id")):
+        values = bert[:, row, :].astype(np.float64)
+        bad = ~np.isfinite(values) | (values < 0) | (values != np.round(values)) | (values >= 2**24)
+        if np.any(bad):
+            offending = values.flat[int(np.argmax(bad))]
+            raise where.error("text_bert", f"row {row} holds {what} {offending!r}, expected integers in [0, 2^24)")
+    return np.ascontiguousarray(np.stack([bert[:, 0, :], bert[:, 2, :]], axis=-1), dtype=np.float32)
 
 
 def _text_valid(raw: Mapping[str, Any], text: np.ndarray, *, where: _Where) -> np.ndarray:

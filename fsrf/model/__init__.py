@@ -23,6 +23,7 @@ from fsrf.model._base import (
     task_loss,
     total_loss,
 )
+from fsrf.model._text import TextEncoder, TextModelInfo, read_text_model
 from fsrf.model.zoo.fsrf import FSRF, FSRFConfig, FSRFOutput
 from fsrf.model.zoo.plain import Plain, PlainConfig
 
@@ -39,11 +40,14 @@ __all__ = [
     "Plain",
     "PlainConfig",
     "StepOutput",
+    "TextEncoder",
+    "TextModelInfo",
     "TrainBatch",
     "build_model",
     "model_class",
     "model_config_class",
     "model_names",
+    "read_text_model",
     "register_model",
     "task_loss",
     "total_loss",

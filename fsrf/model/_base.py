@@ -114,6 +114,32 @@ class BaseModel(nn.Module, abc.ABC):
         super().__init__()
         if not isinstance(config.model, self.config_class):
             raise FSRFError(f"model.name: {config.model.name!r} config given to model {self.name!r}")
+        if config.data.text_input == "tokens":  # BERT on token ids before every forward (fsrf.model._text)
+            from fsrf.model._text import build_text_encoder, encode_text_hook
+
+            self.text_encoder = build_text_encoder(config.data)
+            self.register_forward_pre_hook(encode_text_hook, with_kwargs=True)
+
+    def encode_inputs(
+        self,
+        features: dict[str, torch.Tensor],
+        valid: dict[str, torch.Tensor],
+        *,
+        keep: dict[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The inputs as the network reads them.
+
+        With ``data.text_input: tokens`` the text token ids are replaced by the text encoder's
+        hidden states (dropped tokens as [UNK], see :mod:`fsrf.model._text`); otherwise
+        ``features`` is returned as it is. A forward pre-hook calls this before every
+        :meth:`forward`; a model that hands inputs to its submodules without :meth:`forward`
+        (LNLN's complete-input embeddings) calls it itself.
+        """
+        encoder = self._modules.get("text_encoder")
+        if encoder is None:
+            return features
+        keep_text = None if keep is None else keep["text"]
+        return {**features, "text": encoder(features["text"], valid["text"], keep_text)}
 
     @abc.abstractmethod
     def forward(

@@ -29,8 +29,9 @@ Its own missingness (per sample a text/audio/vision rate r ~ U(0, 1), half the s
 is ``missing.simulator: random``, ``curriculum.kind: constant``, ``curriculum.end: 1.0`` and
 ``missing.complete_share: 0.5`` here, drawn fresh per batch.
 
-Deviations: text is the frozen ``text`` features, not fine-tuned BERT over [UNK]-corrupted ids
-(until ``data.text_input: tokens`` exists); attention masks padding (LNLN attends to padded
+Deviations: text is the frozen ``text`` features by default, not fine-tuned BERT over
+[UNK]-corrupted ids (that is ``data.text_input: tokens`` with ``data.text_finetune: true``);
+attention masks padding (LNLN attends to padded
 frames) and uses torch's multi-head attention, whose head width is H / heads (LNLN: 64 per
 head); the complete input's embeddings, the reconstruction targets and the discriminator's
 "real" side, are computed without gradient (LNLN backpropagates into them, which lets the
@@ -169,8 +170,9 @@ class LNLN(BaseModel):
     faithful = ("per-modality token embeddings, completeness check, proxy dominant feature generator behind "
                 "gradient reversal, effectiveness discriminator, DMML with hyper-modality learning and cross "
                 "fusion, reconstructor; alpha/beta/gamma per dataset as published; LNLN's missingness as a config")
-    deviations = ("frozen text features instead of fine-tuned BERT; padding masked; torch attention (head width "
-                  "H/heads); complete-input embeddings without gradient; checkpoints selected on validation "
+    deviations = ("frozen text features unless data.text_input: tokens with text_finetune; padding masked; "
+                  "torch attention (head width H/heads); complete-input embeddings without gradient; "
+                  "checkpoints selected on validation "
                   "(published numbers were selected on test)")
 
     def __init__(self, config: Config) -> None:
@@ -228,7 +230,8 @@ class LNLN(BaseModel):
         out = self(batch.features, batch.valid, keep=batch.keep)
         device = batch.labels.device
         with torch.no_grad():
-            complete = self.embeddings({m: v.to(device) for m, v in batch.complete.items()}, batch.valid)
+            complete = {m: v.to(device) for m, v in batch.complete.items()}
+            complete = self.embeddings(self.encode_inputs(complete, batch.valid), batch.valid)
         with torch.autocast(device_type=device.type, enabled=False):
             valid_t = batch.valid["text"]
             kept = (valid_t & batch.keep["text"]).sum(dim=1) / valid_t.sum(dim=1).clamp_min(1)

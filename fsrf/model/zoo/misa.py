@@ -22,8 +22,8 @@ reconstruction, averaged. MMSA's task loss is MSE: ``configs/misa.yaml`` sets
 MMSA's optimiser settings (set in ``optim``): MOSI batch 16, lr 1e-4, grad clip 0.8,
 weight decay 0; MOSEI 64, 1e-4, 0.8, 5e-5; SIMS 64, 1e-4, 1.0, 5e-5; Adam, early stopping 8.
 
-Deviations: text is the frozen ``text`` features (no BERT fine-tuning until
-``data.text_input: tokens`` exists); audio/vision LSTMs read their own valid lengths, while
+Deviations: text is the frozen ``text`` features by default (MISA fine-tunes BERT on token
+ids: ``data.text_input: tokens`` with ``data.text_finetune: true``); audio/vision LSTMs read their own valid lengths, while
 the MMSA port packs them with the *text* lengths, so on unaligned data only the first <= 50
 frames are read: ``text_lengths_for_av: true`` reproduces that quirk (off by default);
 selection on the validation objective.
@@ -125,8 +125,9 @@ class MISA(BaseModel):
     faithful = ("utterance encoders (stacked BiLSTMs with LayerNorm for audio/vision), projections, sigmoid "
                 "private/shared encoders, reconstruction, 1-layer Transformer fusion over the 6 vectors, CMD "
                 "similarity + soft orthogonality + reconstruction with MMSA's per-dataset weights")
-    deviations = ("frozen text features (masked mean) instead of fine-tuned BERT; audio/vision LSTMs read their "
-                  "own lengths (MMSA's text-length quirk: text_lengths_for_av: true); selection on validation")
+    deviations = ("frozen text features (masked mean) unless data.text_input: tokens with text_finetune; "
+                  "audio/vision LSTMs read their own lengths (MMSA's text-length quirk: "
+                  "text_lengths_for_av: true); selection on validation")
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
