@@ -30,12 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401 - pa.compute
-import pyarrow.parquet  # noqa: F401 - pa.parquet
+import pyarrow.compute
+import pyarrow.parquet
 import pytest
 
 from fsrf import FSRFError
-from tuning._store_repair import check_store, main as store_main, reconcile, repair_store
+from tuning._store_repair import check_store, reconcile, repair_store
+from tuning._store_repair import main as store_main
 from tuning.store import (
     StoreWriteError,
     TornSegmentWarning,

@@ -400,8 +400,8 @@ def preflight(path: Path) -> None:
         StoreWriteError: ``wal/`` or ``parts/`` refuses a new file (read-only, full).
         DamagedPartError: a part cannot be read; the message says to run ``fsrf store repair``.
     """
-    if not path.exists():
-        return
+    if not ((path / WAL_DIR).is_dir() or (path / PARTS_DIR).is_dir()):
+        return  # no store yet (or an empty directory, e.g. a mount point): the writer creates it
     root = store_root(path)
     for sub in (WAL_DIR, PARTS_DIR):
         probe = root / sub / f".probe-{uuid.uuid4().hex}"
