@@ -6,6 +6,7 @@ only code that knows the format. Layout of a store directory (by convention
 
     wal/<session>-<n:04d>.arrows     Arrow IPC *stream*, appended and fsynced per flush
     parts/<session>-<n:04d>.parquet  the same rows, once the segment is closed (immutable)
+    quarantine/{wal,parts}/...       files that could not be read whole (torn, damaged), moved aside
 
 ``session`` is the writer's UTC start time and a short uuid
 (``20250102T030405123456Z-1a2b3c4d``), so names sort by start time. A writer (one per
