@@ -98,8 +98,11 @@ def disk_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
 
 def _read_only(directory: Path) -> Callable[[], None]:
     """Make ``directory`` refuse new files; returns the undo."""
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "+i", str(directory)], check=True)
+    if os.geteuid() == 0:  # root writes through chmod: the directory is made immutable instead
+        done = subprocess.run(["chattr", "+i", str(directory)], capture_output=True, check=False) \
+            if shutil.which("chattr") else None
+        if done is None or done.returncode != 0:
+            pytest.skip(f"as root a read-only store needs chattr +i, which {directory}'s filesystem refuses")
         return lambda: subprocess.run(["chattr", "-i", str(directory)], check=True)
     directory.chmod(0o555)
     return lambda: directory.chmod(0o755)
