@@ -8,6 +8,8 @@
     fsrf models                                      # the registered models: paper, faithful, reconstructed
     fsrf compare --models fsrf plain tfn --config configs/recovery.yaml --budget 120 --final-seeds 3 --out compare/demo
     fsrf tune --space tuning/spaces/mosi.yaml --data ... --name mosi-robust   # = python tune.py ...
+    fsrf store check runs/mosi-robust                # is the trial store whole and in step with Tune?
+    fsrf store repair runs/mosi-robust               # quarantine what cannot be read, recover from Tune
 
 Bad input prints one line ``fsrf: error: ...`` and exits with status 2.
 """
@@ -137,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("final", help="train several seeds, evaluate on test, write the table (see fsrf final --help)")
     sub.add_parser("compare", help="tune every model with the same budget and compare them in one table "
                    "(see fsrf compare --help)")
+    sub.add_parser("store", help="check or repair a search's trial store: quarantine damaged files, recover "
+                   "lost rows from Tune's result files (see fsrf store --help)")
 
     p = sub.add_parser("train", help="train a model; model selection on validation only")
     p.add_argument("--config", type=Path, default=None, help="config YAML (default: built-in synthetic defaults)")
@@ -185,6 +189,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from analysis._compare import main as compare_main
 
         return compare_main(argv[1:])
+    if argv[:1] == ["store"]:  # check/repair of a trial store (tuning/_store_repair.py; no Ray)
+        from tuning._store_repair import main as store_main
+
+        return store_main(argv[1:])
     if argv[:1] in (["analyze"], ["export"]):  # the trial store's readers (analysis/cli.py)
         from analysis.cli import main as analysis_main
 

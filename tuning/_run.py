@@ -29,6 +29,8 @@ from tuning.space import SearchSpace, load_space
 STATE_FILE = "fsrf_search.json"
 STORE_DIR = "store"
 BEST_FILE = "best.yaml"
+WORK_DIR = ".fsrf-work"
+"""A trial's scratch directory inside its trial directory (``tuning.trainable.work_dir``)."""
 
 
 @dataclass(frozen=True)
@@ -290,19 +292,70 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
     )
 
 
+def _store_rows(store: Path) -> int:
+    """Rows in the store at ``store`` (0 when there is none yet)."""
+    from tuning.store import read_events
+
+    try:
+        return read_events(store).num_rows
+    except FSRFError:
+        return 0
+
+
 class SearchStopped(FSRFError):
     """The search was stopped (Ctrl-C) before every trial finished; ``--resume`` continues it."""
+
+
+def _resume_hint(options: SearchOptions) -> str:
+    return f"python tune.py --name {options.name} --storage {options.storage} --resume"
+
+
+def _store_fault(options: SearchOptions, store: Path) -> None:
+    """Raise the write the store's disk refused during the search, as one line with the way on."""
+    from tuning.store import write_fault
+
+    fault = write_fault(store)
+    if fault is not None:
+        raise FSRFError(f"{fault}; the search stopped with its trials checkpointed; once that is fixed, "
+                        f"continue it with: {_resume_hint(options)}")
+
+
+def _reconcile(options: SearchOptions, exp: Path) -> None:
+    """Write what the store lost and Tune holds (torn WAL, refused writes): rows and statuses."""
+    from tuning._store_repair import reconcile
+    from tuning._store_write import StoreWriteError
+
+    if not (exp / STORE_DIR).is_dir():
+        return
+    try:
+        for line in reconcile(exp / STORE_DIR, experiment=options.name):
+            print(f"fsrf tune: trial store: {line}")
+    except StoreWriteError as err:
+        raise FSRFError(f"{err}; every trial is checkpointed; once that is fixed, continue with: "
+                        f"{_resume_hint(options)}") from None
 
 
 def run_search(options: SearchOptions) -> Path:
     """Run (or resume) a search; returns the experiment directory.
 
+    Faults of the disk and store: a store that cannot be written or read is
+    refused before any Ray work (one line; a damaged part says to run ``fsrf
+    store repair``); a write the disk refuses mid-search stops the search like
+    Ctrl-C (trials checkpointed) and is raised as one line naming the file. At
+    the end, results and statuses the store lost (a torn WAL segment, a refused
+    write) are recovered from Tune's own per-trial files, so the store agrees
+    with Tune. An experiment holding this project's state but no Tune state (a
+    driver killed before Tune saved any) is started afresh in place on resume.
+
     Raises:
         SearchStopped: a Ctrl-C stopped it; the summary and best config so far were written.
-        FSRFError: a bad space, data file, resource request or experiment name.
+        FSRFError: a bad space, data file, resource request or experiment name; a store that
+            cannot be written or read.
     """
     from fsrf import with_overrides
     from fsrf._yaml import parse_overrides
+    from tuning._store_repair import preflight
+    from tuning.store import clear_write_fault
 
     _fetch_remote_state(options)
     options = resolve_options(options)
@@ -311,6 +364,10 @@ def run_search(options: SearchOptions) -> Path:
     tune_path = uri or str(exp)
     if options.resume:
         _check_space(space, exp)
+    preflight(exp / STORE_DIR)  # one line for a read-only or damaged store, before any Ray work
+    clear_write_fault(exp / STORE_DIR)
+    for stale in exp.glob(f"*/{WORK_DIR}"):  # scratch of trials a killed driver left (no trial runs now)
+        shutil.rmtree(stale, ignore_errors=True)
     overrides = {"train.checkpoint_every": options.checkpoint_every, **parse_overrides(options.overrides)}
     if options.max_epochs:
         overrides["train.epochs"] = options.max_epochs
@@ -335,18 +392,23 @@ def run_search(options: SearchOptions) -> Path:
             if uri is not None:
                 mirror(exp, uri)
         trainable = tune.with_resources(
-            tune.with_parameters(fsrf_trainable, space=space, data=to_arrays(dataset), overrides=overrides),
+            tune.with_parameters(fsrf_trainable, space=space, data=to_arrays(dataset), overrides=overrides,
+                                 experiment_dir=None if uri else str(exp)),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
-        if options.resume:
-            if not tune.Tuner.can_restore(tune_path):
-                raise FSRFError(f"--resume: {tune_path} holds no restorable Tune experiment (tuner.pkl missing)")
+        if options.resume and tune.Tuner.can_restore(tune_path):
             tuner = tune.Tuner.restore(tune_path, trainable=trainable, resume_errored=True)
         else:
+            if options.resume:  # our state was written, Tune's was not: nothing to restore, nothing lost
+                print(f"fsrf tune: {tune_path} holds this search's {STATE_FILE} but no Tune state (tuner.pkl; "
+                      f"the driver was stopped before Tune saved any): starting it afresh in place, "
+                      f"keeping {_store_rows(exp / STORE_DIR)} row(s) already in its store")
             tuner = _build_tuner(options, space, exp, trainable)
         tuner.fit()
     finally:
         ray.shutdown()
+    _store_fault(options, exp / STORE_DIR)
+    _reconcile(options, exp)
     from tuning._summary import print_summary, write_best
 
     counts = print_summary(exp / STORE_DIR, space, mode=space.mode)
@@ -363,5 +425,5 @@ def run_search(options: SearchOptions) -> Path:
         print(f"wrote {best}; train it with: fsrf train --config {best} --out runs/{options.name}-best")
     if stopped:
         raise SearchStopped(f"the search stopped with {stopped} trial(s) unfinished; continue it with: "
-                            f"python tune.py --name {options.name} --storage {options.storage} --resume")
+                            f"{_resume_hint(options)}")
     return exp

@@ -10,7 +10,7 @@ more than CPU on a small virtual machine.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -36,6 +36,23 @@ STATUS = {"complete": "COMPLETE", "pruned": "PRUNED", "error": "ERROR", "discard
 """Terminal events and the status they give a trial; a trial without one is ``RUNNING``."""
 KEYS = ["trial_id", "iteration", "attempt", "session", "seq", "event", "message"]
 _GROUP = 8  # columns decoded per pass when gathering
+
+
+class DamagedPartError(FSRFError):
+    """A Parquet part cannot be read; the message names it and says how to repair the store.
+
+    Attributes:
+        path: The damaged file.
+    """
+
+    def __init__(self, path: Path, exc: BaseException) -> None:
+        self.path = Path(path)
+        detail = " ".join(str(exc).split())[:160]
+        experiment = self.path.parent.parent
+        if experiment.name == STORE_DIR:
+            experiment = experiment.parent
+        super().__init__(f"trial store: {self.path} is damaged ({type(exc).__name__}: {detail}); expected a "
+                         f"readable Parquet part; run: fsrf store repair {experiment}")
 
 
 def store_root(path: str | os.PathLike[str]) -> Path:
@@ -99,10 +116,16 @@ class _Segment:
                 self._table = read_segment(file)
             except FileNotFoundError:  # compacted since it was listed: its part exists now
                 file = part
+        self.file = file
         if file.suffix == PART_SUFFIX:
-            self._parquet = pq.ParquetFile(file)
-            self.schema = self._parquet.schema_arrow
-            self.num_rows = self._parquet.metadata.num_rows
+            try:
+                self._parquet = pq.ParquetFile(file)
+                self.schema = self._parquet.schema_arrow
+                self.num_rows = self._parquet.metadata.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                if self._parquet is not None:
+                    self._parquet.close()
+                raise DamagedPartError(file, exc) from None
         else:
             self.schema = self._table.schema if self._table is not None else pa.schema([])
             self.num_rows = self._table.num_rows if self._table is not None else 0
@@ -112,7 +135,10 @@ class _Segment:
         if not have:
             table = pa.table({"_": pa.nulls(self.num_rows)}).drop_columns(["_"])
         elif self._parquet is not None:
-            table = self._parquet.read(columns=have)
+            try:
+                table = self._parquet.read(columns=have)
+            except (pa.ArrowException, OSError) as exc:
+                raise DamagedPartError(self.file, exc) from None
         else:
             table = self._table.select(have)  # type: ignore[union-attr]
         return _conform(table, schema)
@@ -125,12 +151,14 @@ class _Segment:
 class _Store:
     """The segments of a store, listed once, with one unified schema."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], skip: Collection[Path] = ()) -> None:
         self.root = store_root(path)
         wal_dir, parts_dir = self.root / WAL_DIR, self.root / PARTS_DIR
         # List the WAL before the parts: a segment compacted in between is then seen as a part.
+        skipped = {p.name for p in skip}
         wals = [p for p in wal_dir.iterdir() if visible(p, WAL_SUFFIX)] if wal_dir.is_dir() else []
-        parts = [p for p in parts_dir.iterdir() if visible(p, PART_SUFFIX)] if parts_dir.is_dir() else []
+        parts = [p for p in parts_dir.iterdir() if visible(p, PART_SUFFIX) and p.name not in skipped] \
+            if parts_dir.is_dir() else []
         named = {p.stem: p for p in wals}
         named.update({p.stem: p for p in parts})  # a part wins over a WAL not yet deleted
         self.segments: list[_Segment] = []
@@ -219,6 +247,7 @@ def read_events(path: str | os.PathLike[str]) -> pa.Table:
         path: The store directory, or an experiment directory holding ``store/``.
 
     Raises:
+        DamagedPartError: a Parquet part cannot be read (one line naming it).
         FSRFError: ``path`` is missing, holds no store, or the store is empty.
     """
     with _Store(path) as store:
@@ -237,6 +266,7 @@ def read_results(path: str | os.PathLike[str]) -> pa.Table:
         path: The store directory, or an experiment directory holding ``store/``.
 
     Raises:
+        DamagedPartError: a Parquet part cannot be read (one line naming it).
         FSRFError: ``path`` is missing, holds no store, or the store is empty.
     """
     with _Store(path) as store:
@@ -245,7 +275,7 @@ def read_results(path: str | os.PathLike[str]) -> pa.Table:
         return store.columns(store.schema.names, keep)
 
 
-def read_trials(path: str | os.PathLike[str]) -> pa.Table:
+def read_trials(path: str | os.PathLike[str], *, skip: Collection[Path] = ()) -> pa.Table:
     """One row per trial, sorted by trial_id.
 
     Columns: ``trial_id``; ``status`` (``COMPLETE``, ``PRUNED``, ``ERROR`` from the
@@ -260,11 +290,13 @@ def read_trials(path: str | os.PathLike[str]) -> pa.Table:
 
     Args:
         path: The store directory, or an experiment directory holding ``store/``.
+        skip: Parquet parts to leave out (damaged ones, see ``tuning._store_repair``).
 
     Raises:
+        DamagedPartError: a Parquet part cannot be read (one line naming it).
         FSRFError: ``path`` is missing, holds no store, or the store is empty.
     """
-    with _Store(path) as store:
+    with _Store(path, skip) as store:
         store.require_rows()
         names = store.schema.names
         configs = [c for c in names if c.startswith(CONFIG_PREFIX)]
@@ -309,9 +341,15 @@ def read_trials(path: str | os.PathLike[str]) -> pa.Table:
 
 
 def read_attempts(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Each trial's highest attempt number so far; ``{}`` for a missing or empty store."""
+    """Each trial's highest attempt number so far; ``{}`` for a missing or empty store.
+
+    Raises:
+        DamagedPartError: a Parquet part cannot be read (one line naming it).
+    """
     try:
         store = _Store(path)
+    except DamagedPartError:
+        raise
     except FSRFError:
         return {}
     with store:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import numbers
 import os
@@ -9,7 +10,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -28,6 +29,8 @@ PARTS_DIR = "parts"
 WAL_SUFFIX = ".arrows"
 PART_SUFFIX = ".parquet"
 TMP_PREFIX = ".tmp-"
+QUARANTINE_DIR = "quarantine"
+"""Where files that cannot be read whole are moved (never deleted): ``quarantine/wal``, ``quarantine/parts``."""
 CONFIG_PREFIX = "config."
 META_PREFIX = "fsrf.store."
 
@@ -57,6 +60,28 @@ _VERSIONED = ("fsrf-tune", "pyarrow", "ray", "optuna", "torch", "pandas")
 
 class TornSegmentWarning(UserWarning):
     """A WAL segment ended inside a record batch; every complete batch before it was kept."""
+
+
+class StoreWriteError(FSRFError):
+    """The store's disk refused a write (read-only, full, gone); the message is one line.
+
+    Attributes:
+        path: The file or directory that could not be written.
+        errno: The OS error number (``errno.ENOSPC``, ``errno.EACCES``, ...), or None.
+    """
+
+    def __init__(self, path: Path, exc: OSError) -> None:
+        self.path = Path(exc.filename) if getattr(exc, "filename", None) else Path(path)
+        self.errno = exc.errno
+        cause = exc.strerror or type(exc).__name__
+        code = f"Errno {exc.errno}: " if exc.errno is not None else ""
+        super().__init__(f"trial store: cannot write {self.path} ({code}{cause}); expected a writable "
+                         "directory with free space")
+
+
+def write_error(path: Path, exc: OSError) -> StoreWriteError:
+    """``exc`` as a :class:`StoreWriteError` naming ``path`` (or the file the OS named)."""
+    return exc if isinstance(exc, StoreWriteError) else StoreWriteError(path, exc)
 
 
 # --- the type policy ---------------------------------------------------------------
@@ -166,6 +191,34 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def scan_segment(path: Path) -> tuple[pa.Table | None, str | None]:
+    """All complete record batches of a WAL segment, and what was wrong with the rest.
+
+    Returns:
+        ``(table, problem)``: ``table`` is None when the file holds no schema
+        (empty, or torn inside the schema message); ``problem`` is None for a
+        whole segment, else one line saying what was dropped.
+
+    Raises:
+        FileNotFoundError: the segment was removed (compacted) meanwhile.
+    """
+    with open(path, "rb") as f:
+        try:
+            reader = pa.ipc.open_stream(f)
+        except (pa.ArrowException, OSError) as exc:
+            if path.stat().st_size:
+                return None, f"unreadable schema, segment skipped ({exc})"
+            return None, None
+        batches: list[pa.RecordBatch] = []
+        try:
+            for batch in reader:
+                batches.append(batch)
+        except (pa.ArrowException, OSError) as exc:
+            return (pa.Table.from_batches(batches, schema=reader.schema),
+                    f"torn tail dropped after {len(batches)} complete batch(es) ({exc})")
+        return pa.Table.from_batches(batches, schema=reader.schema), None
+
+
 def read_segment(path: Path) -> pa.Table | None:
     """All complete record batches of a WAL segment (an Arrow IPC stream).
 
@@ -176,22 +229,25 @@ def read_segment(path: Path) -> pa.Table | None:
     Raises:
         FileNotFoundError: the segment was removed (compacted) meanwhile.
     """
-    with open(path, "rb") as f:
-        try:
-            reader = pa.ipc.open_stream(f)
-        except (pa.ArrowException, OSError) as exc:
-            if path.stat().st_size:
-                warnings.warn(f"trial store: {path}: unreadable schema, segment skipped ({exc})",
-                              TornSegmentWarning, stacklevel=3)
-            return None
-        batches: list[pa.RecordBatch] = []
-        try:
-            for batch in reader:
-                batches.append(batch)
-        except (pa.ArrowException, OSError) as exc:
-            warnings.warn(f"trial store: {path}: torn tail dropped after {len(batches)} complete "
-                          f"batch(es) ({exc})", TornSegmentWarning, stacklevel=3)
-        return pa.Table.from_batches(batches, schema=reader.schema)
+    table, problem = scan_segment(path)
+    if problem is not None:
+        warnings.warn(f"trial store: {path}: {problem}", TornSegmentWarning, stacklevel=3)
+    return table
+
+
+def quarantine(root: Path, file: Path) -> Path:
+    """Move ``file`` into ``root/quarantine/<its folder>/`` (never overwriting); returns its new path."""
+    target_dir = root / QUARANTINE_DIR / file.parent.name
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / file.name
+    n = 1
+    while target.exists():
+        n += 1
+        target = target_dir / f"{file.stem}.{n}{file.suffix}"
+    os.replace(file, target)
+    fsync_dir(target_dir)
+    fsync_dir(file.parent)
+    return target
 
 
 def publish_part(table: pa.Table, part: Path, *, fsync: bool = True) -> None:
@@ -215,16 +271,23 @@ def compact_segment(root: Path, wal: Path, *, fsync: bool = True) -> Path | None
     """Turn a closed (or crashed) WAL segment into ``parts/<same name>.parquet``, then delete it.
 
     The WAL is deleted only once the part is durable; a part that already
-    exists (a crash between publish and delete) is kept as is. Returns the
-    part, or None when the segment held no rows.
+    exists (a crash between publish and delete) is kept as is. A torn segment
+    (its complete batches are in the part) is moved into ``quarantine/wal/``
+    instead of deleted. Returns the part, or None when the segment held no rows.
     """
     part = root / PARTS_DIR / f"{wal.stem}{PART_SUFFIX}"
+    problem = None
     if not part.exists():
-        table = read_segment(wal)
+        table, problem = scan_segment(wal)
+        if problem is not None:
+            warnings.warn(f"trial store: {wal}: {problem}", TornSegmentWarning, stacklevel=3)
         if table is None or table.num_rows == 0:
             part = None
         else:
             publish_part(table, part, fsync=fsync)
+    if problem is not None:
+        quarantine(root, wal)
+        return part
     wal.unlink()
     if fsync:
         fsync_dir(wal.parent)
@@ -266,6 +329,7 @@ class TrialStoreWriter:
                 open segment holds this many bytes.
 
         Raises:
+            StoreWriteError: the disk refused to compact a crashed session's segments.
             FSRFError: ``root`` cannot be a store directory, or a bad argument.
         """
         if not experiment:
@@ -296,19 +360,24 @@ class TrialStoreWriter:
         self._groups: list[tuple[pa.DataType, list[str], list[int]]] = []
         self._unpublished: list[Path] = []  # closed segments of this session, not yet compacted
         self._closed = False
-        self._compact_stale()
+        self._failed: StoreWriteError | None = None
+        with self._writing(self.root):
+            self._compact_stale()
 
     # -- rows --------------------------------------------------------------------------------
     def result(
         self, *, trial_id: str, attempt: int, iteration: int, config: Mapping[str, Any] | None,
-        metrics: Mapping[str, Any],
+        metrics: Mapping[str, Any], message: str | None = None,
     ) -> None:
         """Append one reported result; non-numeric metric values are skipped.
+
+        ``message`` is null for reported results; a result recovered from Tune's own
+        files says where it came from.
 
         Raises:
             FSRFError: a metric name collides with a store column or the ``config.`` prefix.
         """
-        row = self._row(trial_id, attempt, RESULT, int(iteration), None, config)
+        row = self._row(trial_id, attempt, RESULT, int(iteration), message, config)
         types = self._types
         for key, value in metrics.items():
             if not is_metric(value):
@@ -367,21 +436,49 @@ class TrialStoreWriter:
             self.flush()
 
     # -- segments ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _writing(self, path: Path) -> Iterator[None]:
+        """Turn the OS refusing a write into one :class:`StoreWriteError` and remember it.
+
+        After a refused write the open segment may end inside a batch, so the
+        writer writes nothing more: every later flush raises the same error, and
+        the segment stays in ``wal/`` for the next writer to compact (its complete
+        batches are kept, see :func:`compact_segment`).
+        """
+        if self._failed is not None:
+            raise self._failed
+        try:
+            yield
+        except OSError as exc:  # pyarrow's ArrowIOError is an OSError too
+            self._failed = write_error(path, exc)
+            raise self._failed from None
+
+    @property
+    def failed(self) -> StoreWriteError | None:
+        """The write the disk refused, if any (the writer then writes nothing more)."""
+        return self._failed
+
     def flush(self) -> None:
-        """Write the buffered rows as one record batch and make it durable."""
+        """Write the buffered rows as one record batch and make it durable.
+
+        Raises:
+            StoreWriteError: the disk refused the write (full, read-only); one line naming the file.
+        """
         if not self._rows:
             return
-        if self._stream is None or self._dirty:
-            self._roll()
-        assert self._stream is not None
-        self._stream.write_batch(self._batch(self._rows))
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        with self._writing(self.root / WAL_DIR):
+            if self._stream is None or self._dirty:
+                self._roll()
+            assert self._stream is not None
+            self._stream.write_batch(self._batch(self._rows))
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
         self._rows.clear()
         if self._file.tell() >= self.segment_bytes:
-            self._close_segment()
-            self._compact_closed()
+            with self._writing(self.root / PARTS_DIR):
+                self._close_segment()
+                self._compact_closed()
 
     def _batch(self, rows: list[dict[str, Any]]) -> pa.RecordBatch:
         # One pa.array per column type, sliced per column: ~3x cheaper than one array per column.
@@ -440,15 +537,37 @@ class TrialStoreWriter:
                 compact_segment(self.root, wal, fsync=self.fsync)
 
     def close(self) -> None:
-        """Flush, close the open segment and compact this session's segments to Parquet."""
+        """Flush, close the open segment and compact this session's segments to Parquet.
+
+        After a refused write, only the file handles are released (nothing more is
+        written): the segments stay in ``wal/`` for the next writer.
+
+        Raises:
+            StoreWriteError: the disk refused the last rows or the compaction.
+        """
         if self._closed:
             return
+        if self._failed is not None:
+            self._abandon()
+            raise self._failed
         try:
             self.flush()
-        finally:
-            self._close_segment()
-            self._closed = True
-        self._compact_closed()
+        except StoreWriteError:
+            self._abandon()
+            raise
+        with self._writing(self.root / PARTS_DIR):
+            try:
+                self._close_segment()
+            finally:
+                self._closed = True
+            self._compact_closed()
+
+    def _abandon(self) -> None:
+        self._closed = True
+        file, self._stream, self._file = self._file, None, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
 
     @property
     def closed(self) -> bool:

@@ -8,8 +8,10 @@
 
 Without ``RAY_ADDRESS`` or ``--address`` a local Ray is started on this machine
 (``--num-cpus``, dashboard off, token authentication on); with one, the search
-joins that cluster. Bad input prints one line ``fsrf tune: error: ...`` and exits 2; a search
-stopped by Ctrl-C says how to continue it and exits 130.
+joins that cluster. Bad input prints one line ``fsrf tune: error: ...`` and exits 2, and so does
+a disk that refuses a write (read-only, full: the search stops with its trials checkpointed, and
+``--resume`` continues it once that is fixed); a search stopped by Ctrl-C says how to continue it
+and exits 130.
 """
 
 from __future__ import annotations
@@ -121,7 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"fsrf tune: {stop}", file=sys.stderr)
         return 130
     except FSRFError as err:
-        print(f"fsrf tune: error: {err}", file=sys.stderr)
+        print(f"fsrf tune: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except OSError as err:  # the disk refused a write outside the trial store (a full disk, read-only)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"fsrf tune: error: {where}{err.strerror or err} (Errno {err.errno}); expected a writable "
+              f"directory with free space", file=sys.stderr)
         return 2
     return 0
 

@@ -6,6 +6,7 @@ only code that knows the format. Layout of a store directory (by convention
 
     wal/<session>-<n:04d>.arrows     Arrow IPC *stream*, appended and fsynced per flush
     parts/<session>-<n:04d>.parquet  the same rows, once the segment is closed (immutable)
+    quarantine/{wal,parts}/...       files that could not be read whole (torn, damaged), moved aside
 
 ``session`` is the writer's UTC start time and a short uuid
 (``20250102T030405123456Z-1a2b3c4d``), so names sort by start time. A writer (one per
@@ -44,11 +45,16 @@ from the first file only.) A live, not yet compacted WAL segment::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import signal
+import sys
 import time
 import types
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -61,16 +67,31 @@ from tuning._store_write import (
     CONFIG_PREFIX,
     EVENTS,
     SCHEMA_VERSION,
+    StoreWriteError,
     TornSegmentWarning,
     TrialStoreWriter,
     is_metric,
 )
+
+_WRITE_FAULTS: dict[str, StoreWriteError] = {}
+"""The write each store's callback could not make in this process, by store directory."""
+
+
+def write_fault(root: str | os.PathLike[str]) -> StoreWriteError | None:
+    """The write the disk refused to the store callback of ``root`` in this process, if any."""
+    return _WRITE_FAULTS.get(str(Path(root)))
+
+
+def clear_write_fault(root: str | os.PathLike[str]) -> None:
+    """Forget :func:`write_fault` of ``root`` (a new search on it starts)."""
+    _WRITE_FAULTS.pop(str(Path(root)), None)
 
 __all__ = [
     "EVENTS",
     "SCHEMA_VERSION",
     "STATUS",
     "ArrowStoreCallback",
+    "StoreWriteError",
     "TornSegmentWarning",
     "TrialStoreWriter",
     "read_events",
@@ -99,6 +120,21 @@ read_events = _reader("read_events")
 read_trials = _reader("read_trials")
 
 
+def _guarded(hook: Callable[..., None]) -> Callable[..., None]:
+    """A Tune hook that does nothing after a refused write, and records the first one."""
+
+    @functools.wraps(hook)
+    def guarded(self: _StoreHooks, *args: Any, **kwargs: Any) -> None:
+        if self._fault is not None:
+            return
+        try:
+            hook(self, *args, **kwargs)
+        except StoreWriteError as exc:
+            self._failed(exc)
+
+    return guarded
+
+
 class _StoreHooks:
     """The single writer of a trial store, as a Tune callback in the driver.
 
@@ -113,6 +149,13 @@ class _StoreHooks:
     attempt that failed or is being restored. On setup the callback reads each
     trial's highest attempt from the store, so numbering continues across
     driver restarts; the store is the source of truth (no callback state).
+
+    Faults of the disk: the first write the disk refuses (read-only, full) is
+    recorded (see :func:`write_fault`) with one line on stderr, the callback
+    writes nothing more, and it stops the search the way Ctrl-C does (SIGUSR1,
+    Tune's own interrupt: the experiment is saved with its trials checkpointed).
+    Rows it could not write are in Tune's per-trial ``result.json`` files, from
+    which ``--resume`` recovers them (see ``tuning._store_repair``).
 
     Example:
         >>> RunConfig(callbacks=[ArrowStoreCallback(exp / "store", experiment="exp")])  # doctest: +SKIP
@@ -145,12 +188,32 @@ class _StoreHooks:
         self._writer: TrialStoreWriter | None = None
         self._attempts: dict[str, int] = {}
         self._skipped: set[str] = set()
+        self._fault: StoreWriteError | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config (tuner.pkl); an open writer stays with this process.
         state = self.__dict__.copy()
-        state.update(_writer=None, _attempts={}, _skipped=set())
+        state.update(_writer=None, _attempts={}, _skipped=set(), _fault=None)
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.__dict__.setdefault("_fault", None)
+
+    def _failed(self, exc: StoreWriteError) -> None:
+        """Record the refused write once, stop writing, and interrupt the search like Ctrl-C."""
+        if self._fault is not None:
+            return
+        self._fault = exc
+        _WRITE_FAULTS[str(self.root)] = exc
+        if self._writer is not None:
+            with contextlib.suppress(StoreWriteError):
+                self._writer.close()  # releases the files only; the WAL stays for the next writer
+        print(f"fsrf tune: error: {exc}; stopping the search (trials are checkpointed)", file=sys.stderr,
+              flush=True)
+        handler = signal.getsignal(signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else None
+        if callable(handler):  # Tune's interrupt handler: saves the experiment and stops the loop
+            os.kill(os.getpid(), signal.SIGUSR1)
 
     def _open(self) -> TrialStoreWriter:
         if self._writer is None or self._writer.closed:
@@ -167,26 +230,31 @@ class _StoreHooks:
         return self._attempts[trial_id]
 
     # -- Tune hooks (called in the driver) ---------------------------------------------------
+    @_guarded
     def setup(
         self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
     ) -> None:
         """Open the writer (compacting a crashed session's WAL) and learn the attempts so far."""
         self._open()
 
+    @_guarded
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A (re)started trial: a new attempt and a ``start`` event with its config."""
         writer = self._open()
         attempt = self._attempt(trial.trial_id, start=True)
         writer.event(trial_id=trial.trial_id, attempt=attempt, event="start", config=trial.config)
 
+    @_guarded
     def on_trial_restore(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A ``restore`` event (the attempt was counted at the start before it)."""
         self._lifecycle(trial, "restore")
 
+    @_guarded
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """A failed trial that Tune retries: ``restore`` with the error; its next start is a new attempt."""
         self._lifecycle(trial, "restore", message=error_line(trial))
 
+    @_guarded
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
@@ -215,16 +283,19 @@ class _StoreHooks:
         mirror(self.root, self.mirror_to, delete=True)  # the store location holds our files only
         self._mirrored = time.monotonic()
 
+    @_guarded
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """``complete`` if the last result has ``final_key`` == 1.0 (or no key is set), else ``pruned``."""
         last = trial.last_result or {}
         done = self.final_key is None or last.get(self.final_key) == 1.0
         self._lifecycle(trial, "complete" if done else "pruned")
 
+    @_guarded
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         """An ``error`` event carrying the first line of the trial's exception."""
         self._lifecycle(trial, "error", message=error_line(trial))
 
+    @_guarded
     def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         """Mark trials the experiment does not hold as ``discarded``, then close the writer.
 

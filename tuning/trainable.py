@@ -21,13 +21,29 @@ import torch
 
 from fsrf import OBJECTIVE, FSRFError, load_checkpoint, train, with_overrides
 from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
+from tuning._run import WORK_DIR
 from tuning._shared_data import from_arrays
 from tuning.space import SearchSpace
 
 CHECKPOINT_FILE = LAST_CHECKPOINT
 
 
-def _reporter(select_metric: str, complete: bool) -> Callable[[dict[str, float], Path | None], None]:
+def work_dir(trial_dir: str | Path) -> Path:
+    """A fresh scratch directory for fsrf's run files inside the trial's own directory.
+
+    ``fsrf.train`` writes its checkpoints and history there; Tune copies each
+    reported checkpoint into ``checkpoint_*`` beside it. A worker killed by
+    SIGKILL cannot remove it, so a stale one (~1 MB) is removed when the trial
+    starts again (and by the driver when the search restarts, see ``tuning._run``);
+    nothing piles up in the system temp folder.
+    """
+    work = Path(trial_dir) / WORK_DIR
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    return work
+
+
+def _reporter(select_metric: str, complete: bool, work: Path) -> Callable[[dict[str, float], Path | None], None]:
     complete_key = rate_key(VALID, 0.0, select_metric)
 
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
@@ -39,7 +55,7 @@ def _reporter(select_metric: str, complete: bool) -> Callable[[dict[str, float],
         if checkpoint is None:
             ray.tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="fsrf-ckpt-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=work) as tmp:
             shutil.copy2(checkpoint, Path(tmp) / CHECKPOINT_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(tmp))
 
@@ -52,6 +68,7 @@ def fsrf_trainable(
     space: SearchSpace,
     data: dict[str, Any],
     overrides: dict[str, Any],
+    experiment_dir: str | None = None,
 ) -> None:
     """Train one trial's config; every epoch is reported to Tune.
 
@@ -60,6 +77,9 @@ def fsrf_trainable(
         space: the search space, which turns ``trial_config`` into an fsrf config.
         data: the dataset as numpy arrays from the object store (see ``tuning._shared_data``).
         overrides: run-level dotted config values (epochs, checkpoint period, ...).
+        experiment_dir: the experiment directory every node sees (local or NFS storage): the
+            trial's scratch files go to ``<experiment_dir>/<trial>/.fsrf-work``; None (object-store
+            storage): to Ray's local directory of the trial on its node.
     """
     context = ray.tune.get_context()
     resources = context.get_trial_resources().required_resources
@@ -77,11 +97,17 @@ def fsrf_trainable(
         source=f"trial {context.get_trial_id()}",
     )
     dataset = from_arrays(data)
-    report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates)
-    checkpoint = ray.tune.get_checkpoint()
-    with tempfile.TemporaryDirectory(prefix="fsrf-trial-") as out:
-        resume = None if checkpoint is None else _resume_file(checkpoint, Path(out), context.get_trial_id())
+    trial_dir = Path(experiment_dir) / context.get_trial_name() if experiment_dir else context.get_trial_dir()
+    work = work_dir(trial_dir)
+    try:
+        out = work / "run"
+        out.mkdir()
+        report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates, work)
+        checkpoint = ray.tune.get_checkpoint()
+        resume = None if checkpoint is None else _resume_file(checkpoint, out, context.get_trial_id())
         train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _resume_file(checkpoint: ray.tune.Checkpoint, out: Path, trial_id: str) -> Path | None:
