@@ -216,3 +216,22 @@ def test_gpu_training_and_compile_run_on_cuda(tiny_config: Config, tiny_dataset:
     result = train(config, dataset=tiny_dataset)
     assert result.compiled
     assert all(math.isfinite(v) for v in result.history[0].values())
+
+
+# --- what a search ships to its trials --------------------------------------------------------
+
+
+def test_trials_receive_train_and_valid_but_never_test(tiny_config: Config, tiny_dataset: MultimodalDataset) -> None:
+    from tuning._shared_data import ALL_SPLITS, from_arrays, to_arrays, trial_data
+
+    shipped = trial_data(tiny_dataset)  # what run_search puts in the object store for fsrf_trainable
+    assert {k for k in shipped if k not in ("name", "source")} == {"train", "valid"}
+    assert not any(a is tiny_dataset.test.labels.numpy() for a in (shipped["train"]["labels"],
+                                                                      shipped["valid"]["labels"]))
+    trial = from_arrays(shipped)
+    assert trial.test is None
+    with pytest.raises(FSRFError, match=r"holds no 'test' split"):
+        trial.split("test")
+    result = train(with_overrides(tiny_config, {"train.epochs": 1}), dataset=trial)  # a trial's run needs no test
+    assert len(result.history) == 1
+    assert from_arrays(to_arrays(tiny_dataset, splits=ALL_SPLITS)).test is not None  # fsrf final ships all three

@@ -321,7 +321,7 @@ def run_search(options: SearchOptions) -> Path:
     import ray
     from ray import tune
 
-    from tuning._shared_data import to_arrays
+    from tuning._shared_data import trial_data
     from tuning.trainable import fsrf_trainable
 
     local = _start_ray(options)
@@ -335,7 +335,7 @@ def run_search(options: SearchOptions) -> Path:
             if uri is not None:
                 mirror(exp, uri)
         trainable = tune.with_resources(
-            tune.with_parameters(fsrf_trainable, space=space, data=to_arrays(dataset), overrides=overrides),
+            tune.with_parameters(fsrf_trainable, space=space, data=trial_data(dataset), overrides=overrides),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         if options.resume:
