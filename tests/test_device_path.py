@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,11 @@ from fsrf.model import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FP16_ON_CPU = "train.precision: fp16 needs a CUDA device; use bf16 or fp32 on CPU"
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def needs_cuda(test: Callable[..., None]) -> Callable[..., None]:
+    """Marked ``cuda`` (``pytest -m cuda``, as bench/gpu_check.sh runs them) and skipped without CUDA."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 def _valid(batch: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -211,8 +216,8 @@ def test_gpu_resume_is_exact_when_deterministic(
 
 @needs_cuda
 def test_gpu_training_and_compile_run_on_cuda(tiny_config: Config, tiny_dataset: MultimodalDataset) -> None:
-    config = with_overrides(tiny_config, {"train.device": "cuda", "train.epochs": 1, "train.precision": "bf16",
-                                          "train.compile": True})
+    config = with_overrides(tiny_config, {"model.name": "lf_dnn", "train.device": "cuda", "train.epochs": 1,
+                                          "train.precision": "bf16", "train.compile": True})  # lf_dnn: quick to compile
     result = train(config, dataset=tiny_dataset)
     assert result.compiled
     assert all(math.isfinite(v) for v in result.history[0].values())
