@@ -82,10 +82,12 @@ def predict_many(
     for index, batch in split.batches(batch_size):
         features = {m: to_device(f, device) for m, f in batch.features.items()}
         valid = {m: to_device(v, device) for m, v in batch.valid.items()}
+        on_device = to_device(index, device)  # slices masks kept on the device, without a blocking copy
         for out, keep in zip(preds, keeps):
             x, kept = features, None
             if keep is not None:
-                kept = {m: to_device(k.index_select(0, index.to(k.device)), device) for m, k in keep.items()}
+                kept = {m: to_device(k.index_select(0, index if k.device.type == "cpu" else on_device), device)
+                        for m, k in keep.items()}
                 x = apply_keep(features, kept)
             with autocast(device, precision):
                 out.append(model(x, valid, keep=kept).pred.float())
