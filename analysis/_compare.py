@@ -109,6 +109,10 @@ class CompareOptions:
     gpus_per_run: float = 0.0
 
 
+_HOW_IT_RUNS = ("tf32", "compile", "deterministic")
+"""``train`` keys left out of ``compare.json``: a comparison may continue with other values."""
+
+
 def space_file(model: str) -> Path:
     """The shipped search space of ``model``."""
     return SPACES / ("default.yaml" if model == "fsrf" else f"{model}.yaml")
@@ -147,6 +151,8 @@ def _spec(options: CompareOptions, base: Config) -> dict[str, Any]:
     for key in ("out", "storage", "max_concurrent", "num_cpus", "config", "data", "gpus_per_run"):
         spec.pop(key)
     spec["base"] = config_to_dict(base)
+    for key in _HOW_IT_RUNS:  # how a run executes, not what is compared (and absent from older compare.json)
+        spec["base"]["train"].pop(key)
     return json.loads(json.dumps(spec))
 
 
