@@ -23,6 +23,10 @@ whole-modality patterns with complete input and their Average), mean ± SD over 
 model, and a paired t-test (two-sided, n = number of seeds, same seeds for every model) of
 each model against the first named on the Average rows.
 
+``--gpus-per-run N`` gives every search trial and every final seed N GPUs from Ray (fractions
+share a GPU); the final seeds then run as Ray tasks in parallel, the dataset in Ray's object
+store once. More than the largest node has is refused before anything runs.
+
 Running the same command again continues what is unfinished (searches restore, seeds whose
 ``runs.json`` exists are not retrained) and redoes nothing finished. An ``--out`` folder that
 holds another comparison is refused.
@@ -44,6 +48,7 @@ from typing import Any
 import yaml
 
 from fsrf import Config, FSRFError, config_to_dict, load_config, model_names, save_config, with_overrides
+from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text, read_yaml
 
 SPEC_FILE = "compare.json"
@@ -101,6 +106,11 @@ class CompareOptions:
     scheduler: str = "asha"
     sampler: str = "tpe"
     seed: int = 0
+    gpus_per_run: float = 0.0
+
+
+_HOW_IT_RUNS = ("tf32", "compile", "deterministic")
+"""``train`` keys left out of ``compare.json``: a comparison may continue with other values."""
 
 
 def space_file(model: str) -> Path:
@@ -138,9 +148,11 @@ def _check(options: CompareOptions, base: Config) -> None:
 
 def _spec(options: CompareOptions, base: Config) -> dict[str, Any]:
     spec = asdict(options)
-    for key in ("out", "storage", "max_concurrent", "num_cpus", "config", "data"):
+    for key in ("out", "storage", "max_concurrent", "num_cpus", "config", "data", "gpus_per_run"):
         spec.pop(key)
     spec["base"] = config_to_dict(base)
+    for key in _HOW_IT_RUNS:  # how a run executes, not what is compared (and absent from older compare.json)
+        spec["base"]["train"].pop(key)
     return json.loads(json.dumps(spec))
 
 
@@ -175,7 +187,7 @@ def _search(options: CompareOptions, entry: str, base_file: Path, name: str) -> 
         space=str(space), name=name, storage=options.storage, num_samples=max(1, options.budget // epochs),
         max_concurrent=options.max_concurrent, scheduler=options.scheduler, sampler=options.sampler,
         max_epochs=epochs, restore_or_start=True, seed=options.seed, num_cpus=options.num_cpus,
-        grace_period=min(2, epochs),
+        grace_period=min(2, epochs), gpus_per_trial=options.gpus_per_run,
     )
     run_search(search)
     best = experiment_path(search) / BEST_FILE
@@ -184,21 +196,61 @@ def _search(options: CompareOptions, entry: str, base_file: Path, name: str) -> 
     return load_config(best)
 
 
-def _final(config: Config, seeds: Sequence[int], out: Path) -> list[dict[str, Any]]:
-    """Each seed's test tables, training the seeds that have no result yet."""
-    from analysis._final import train_and_evaluate
+def _final(config: Config, seeds: Sequence[int], out: Path, *, gpus_per_run: float = 0.0,
+           num_cpus: int | None = None) -> list[dict[str, Any]]:
+    """Each seed's test tables, training the seeds that have no result yet (in the order of ``seeds``).
 
-    runs = []
+    Without GPUs they train one after another here, the dataset loaded once; with
+    ``gpus_per_run`` > 0 as Ray tasks asking for that many GPUs each, the dataset in Ray's
+    object store once (:func:`analysis._final.run_seeds`).
+    """
+    from analysis._final import check_gpu_capacity, run_seeds, start_ray, train_and_evaluate
+
+    done: dict[int, dict[str, Any]] = {}
+    todo = []
     for seed in seeds:
-        done = out / f"seed-{seed}" / "result.json"
-        if done.is_file():
-            runs.append(json.loads(done.read_text()))
-            continue
-        shutil.rmtree(done.parent, ignore_errors=True)  # a seed stopped midway starts again
-        run = train_and_evaluate(config, seed, str(out))
-        atomic_write_text(done, json.dumps(run, default=float))
-        runs.append(run)
-    return runs
+        result = out / f"seed-{seed}" / "result.json"
+        if result.is_file():
+            done[seed] = json.loads(result.read_text())
+        else:
+            shutil.rmtree(result.parent, ignore_errors=True)  # a seed stopped midway starts again
+            todo.append(seed)
+
+    def keep(run: dict[str, Any]) -> None:
+        atomic_write_text(out / f"seed-{run['seed']}" / "result.json", json.dumps(run, default=float))
+        done[run["seed"]] = run
+
+    if todo and gpus_per_run > 0:
+        import ray
+
+        started = start_ray(num_cpus=num_cpus)
+        try:
+            check_gpu_capacity(gpus_per_run)
+            run_seeds(config, todo, out, gpus_per_run=gpus_per_run, on_result=keep)
+        finally:
+            if started:
+                ray.shutdown()  # the next model's search starts its own
+    elif todo:
+        dataset = load_dataset(config.data)  # once for every seed
+        for seed in todo:
+            keep(train_and_evaluate(config, seed, str(out), dataset=dataset))
+    return [done[s] for s in seeds]
+
+
+def _check_gpus(options: CompareOptions) -> None:
+    """A bad ``--gpus-per-run``, or more GPUs per run than any node has, fails before any work."""
+    from analysis._final import check_gpu_capacity, check_gpus_per_run, start_ray
+
+    if check_gpus_per_run(options.gpus_per_run) == 0:
+        return
+    import ray
+
+    started = start_ray(num_cpus=options.num_cpus)
+    try:
+        check_gpu_capacity(options.gpus_per_run)
+    finally:
+        if started:
+            ray.shutdown()  # searches and final seeds start their own
 
 
 def _average(run: dict[str, Any], key: str, metric: str) -> float:
@@ -306,6 +358,7 @@ def run_compare(options: CompareOptions) -> dict[str, Any]:
     out = Path(options.out)
     base = _base(options)
     _check(options, base)
+    _check_gpus(options)
     _claim(out, _spec(options, base))
     name = options.name or out.resolve().name
     runs: dict[str, list[dict[str, Any]]] = {}
@@ -320,7 +373,8 @@ def run_compare(options: CompareOptions) -> dict[str, Any]:
         save_config(model_base, base_file)
         chosen = _search(options, entry, base_file, f"{name}-{entry}") if options.budget else model_base
         save_config(chosen, folder / "chosen.yaml")
-        runs[entry] = _final(chosen, options.final_seeds, folder / "final")
+        runs[entry] = _final(chosen, options.final_seeds, folder / "final", gpus_per_run=options.gpus_per_run,
+                             num_cpus=options.num_cpus)
     table = summarize(runs, options.models)
     title = f"Comparison on {base.data.dataset}: {', '.join(options.models)} (budget {options.budget} trial-epochs)"
     atomic_write_text(out / "compare.md", to_markdown(table, options.models, options.final_seeds, title))
@@ -348,13 +402,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     p.add_argument("--seed", type=int, default=0, help="seed of every model's sampler (default: 0)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="GPUs of each search trial and each final seed, asked from Ray (fractions share a "
+                        "GPU; default: 0, final seeds then run one after another)")
     p.add_argument("--out", required=True, help="folder of the comparison")
     args = p.parse_args(argv)
     options = CompareOptions(
         models=tuple(args.models), out=args.out, config=args.config, data=args.data, budget=args.budget,
         epochs=args.epochs, final_seeds=tuple(1111 + i for i in range(args.final_seeds)), storage=args.storage,
         name=args.name, max_concurrent=args.max_concurrent, num_cpus=args.num_cpus, scheduler=args.scheduler,
-        sampler=args.sampler, seed=args.seed,
+        sampler=args.sampler, seed=args.seed, gpus_per_run=args.gpus_per_run,
     )
     try:
         run_compare(options)

@@ -8,7 +8,11 @@ Each seed trains the config (``train.seed`` replaced) into ``<out>/seed-<seed>/`
 complete input and their Average). The published table is mean ± standard deviation
 (sample, ddof=1) over seeds, written as Markdown, CSV and JSON. Seeds run as Ray tasks
 (one per seed) when ``--parallel ray`` or, with ``auto``, when a Ray cluster is named by
-``RAY_ADDRESS`` or the machine has at least two CPUs per seed; one after another otherwise.
+``RAY_ADDRESS``, the machine has at least two CPUs per seed, or ``--gpus-per-run`` asks for
+GPUs; one after another otherwise. As Ray tasks, the dataset goes into Ray's object store
+once for every seed, and each task asks Ray for ``--gpus-per-run`` GPUs (a fraction shares one
+GPU between seeds; more than the largest node has is refused before anything runs); a task
+given a GPU trains and evaluates on it.
 """
 
 from __future__ import annotations
@@ -19,31 +23,129 @@ import math
 import os
 import statistics
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from fsrf import Config, FSRFError, load_checkpoint, load_config, train, with_overrides
 from fsrf._constants import PATTERN_TABLE, RANDOM_TABLE
+from fsrf._device import resolve_device
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
+from fsrf.data import MultimodalDataset
 from fsrf.evaluate import RobustnessTable, modality_pattern_table, random_missing_table
 from fsrf.model import build_model
 
 
-def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 1111) -> dict[str, Any]:
-    """Train one seed and evaluate its validation-selected checkpoint on test; plain-data result."""
+def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 1111, *,
+                       dataset: MultimodalDataset | None = None) -> dict[str, Any]:
+    """Train one seed and evaluate its validation-selected checkpoint on test; plain-data result.
+
+    Args:
+        dataset: the loaded dataset (shared by every seed); loaded as ``config.data`` says if None.
+    """
     cfg = with_overrides(config, {"train.seed": seed}, source=f"seed {seed}")
     run_dir = Path(out) / f"seed-{seed}"
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(cfg.data) if dataset is None else dataset
     result = train(cfg, out_dir=run_dir, dataset=dataset)
     state = load_checkpoint(run_dir / "best.pt")
+    device = resolve_device(cfg.train.device)
     model = build_model(cfg)
     model.load_state_dict(state["model"])
-    common = {"dataset": dataset.name, "batch_size": cfg.train.eval_batch_size}
-    random_rows = random_missing_table(model, dataset.test, split_name="test", seed=eval_seed, **common).rows
-    pattern_rows = modality_pattern_table(model, dataset.test, **common).rows
+    model.to(device)
+    common = {"dataset": dataset.name, "batch_size": cfg.train.eval_batch_size, "device": device}
+    random_rows = random_missing_table(model, dataset.split("test"), split_name="test", seed=eval_seed, **common).rows
+    pattern_rows = modality_pattern_table(model, dataset.split("test"), **common).rows
     return {"seed": seed, "best_epoch": result.best_epoch, "random": random_rows, "patterns": pattern_rows}
+
+
+def check_gpus_per_run(gpus: float) -> float:
+    """``--gpus-per-run`` must be >= 0, and a whole number above 1 (Ray shares a GPU in fractions).
+
+    Raises:
+        FSRFError: one line naming the flag.
+    """
+    if not math.isfinite(gpus) or gpus < 0:
+        raise FSRFError(f"--gpus-per-run: {gpus:g} must be >= 0 (0: no GPU)")
+    if gpus > 1 and gpus != int(gpus):
+        raise FSRFError(f"--gpus-per-run: {gpus:g} must be at most 1 or a whole number (Ray shares a GPU "
+                        "in fractions of one)")
+    return float(gpus)
+
+
+def start_ray(*, num_cpus: int | None = None) -> bool:
+    """Join the cluster ``RAY_ADDRESS`` names or start a local Ray (``num_cpus`` CPUs, default all),
+    unless this process is connected already; returns whether it started one here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = os.environ.get("RAY_ADDRESS")
+    cpus = {"num_cpus": num_cpus} if num_cpus and not address else {}
+    ray.init(address=address, include_dashboard=False, **cpus)
+    return True
+
+
+def check_gpu_capacity(gpus: float) -> None:
+    """Refuse a per-seed GPU request that no node of the connected Ray cluster can hold.
+
+    Raises:
+        FSRFError: ``gpus`` exceeds the GPUs of the largest live node.
+    """
+    import ray
+
+    most = max((n["Resources"].get("GPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if gpus > most:
+        raise FSRFError(f"--gpus-per-run: {gpus:g} GPUs per seed, but the largest node of the Ray cluster "
+                        f"has {most:g}")
+
+
+def _seed_task(config: Config, seed: int, out: str, data: dict[str, Any], gpus: float) -> dict[str, Any]:
+    """One seed as a Ray task: the dataset from the object store, on the GPU Ray gave it, if any."""
+    import ray
+    import torch
+
+    from tuning._shared_data import from_arrays
+
+    if gpus > 0:
+        device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+        if device == "cpu":
+            warnings.warn(f"seed {seed}: given {gpus:g} GPU(s) but torch sees no CUDA device; training on the CPU",
+                          stacklevel=1)
+        config = with_overrides(config, {"train.device": device}, source=f"seed {seed}")
+    return train_and_evaluate(config, seed, out, dataset=from_arrays(data))
+
+
+def run_seeds(config: Config, seeds: Sequence[int], out: Path, *, gpus_per_run: float = 0.0,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Every seed as a Ray task on the connected Ray (:func:`start_ray`), in parallel.
+
+    The dataset is loaded once and put into Ray's object store once for all seeds. Each task
+    asks for the CPUs available divided by the seeds, and ``gpus_per_run`` GPUs.
+
+    Args:
+        on_result: called in the driver with each seed's result as it finishes.
+
+    Returns:
+        The seeds' results, in the order of ``seeds``.
+    """
+    import ray
+
+    from tuning._shared_data import ALL_SPLITS, to_arrays
+
+    data = ray.put(to_arrays(load_dataset(config.data), splits=ALL_SPLITS))
+    cpus = max(1, int(ray.available_resources().get("CPU", 1)) // len(seeds))
+    task = ray.remote(num_cpus=cpus, num_gpus=gpus_per_run)(_seed_task)
+    per_seed = with_overrides(config, {"train.num_threads": cpus})
+    pending = {task.remote(per_seed, s, str(out), data, gpus_per_run): s for s in seeds}
+    runs: dict[int, dict[str, Any]] = {}
+    while pending:
+        (ref,), _ = ray.wait(list(pending), num_returns=1)
+        runs[pending.pop(ref)] = run = ray.get(ref)
+        if on_result is not None:
+            on_result(run)
+    return [runs[s] for s in seeds]
 
 
 def aggregate(runs: Sequence[dict[str, Any]], key: str, title: str, *,
@@ -76,27 +178,41 @@ def to_markdown(table: RobustnessTable, spread: dict, *, percent: bool = True) -
     return "\n".join(lines) + "\n"
 
 
-def _use_ray(mode: str, n_seeds: int) -> bool:
+def _use_ray(mode: str, n_seeds: int, gpus: float = 0.0) -> bool:
     if mode != "auto":
         return mode == "ray"
+    if gpus > 0:
+        return True
     return n_seeds > 1 and (bool(os.environ.get("RAY_ADDRESS")) or (os.cpu_count() or 1) >= 2 * n_seeds)
 
 
-def run_final(config: Config, seeds: Sequence[int], out: Path, *, parallel: str = "auto") -> dict[str, Any]:
-    """Train every seed, aggregate, write ``final.md``, the CSV/JSON tables and ``runs.json``."""
+def run_final(config: Config, seeds: Sequence[int], out: Path, *, parallel: str = "auto",
+              gpus_per_run: float = 0.0) -> dict[str, Any]:
+    """Train every seed, aggregate, write ``final.md``, the CSV/JSON tables and ``runs.json``.
+
+    Args:
+        parallel: ``ray``, ``serial`` or ``auto`` (see the module docstring).
+        gpus_per_run: GPUs each seed's Ray task asks for (fractions share a GPU); 0: none.
+
+    Raises:
+        FSRFError: repeated seeds, a bad ``gpus_per_run``, GPUs with ``parallel='serial'``, or more
+            GPUs per seed than any node of the Ray cluster has.
+    """
     if len(set(seeds)) != len(seeds) or not seeds:
         raise FSRFError(f"--seeds: {list(seeds)} must be distinct and non-empty")
-    out.mkdir(parents=True, exist_ok=True)
-    if _use_ray(parallel, len(seeds)):
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False)
-        cpus = max(1, int(ray.available_resources().get("CPU", 1)) // len(seeds))
-        task = ray.remote(num_cpus=cpus)(train_and_evaluate)
-        runs = ray.get([task.remote(with_overrides(config, {"train.num_threads": cpus}), s, str(out)) for s in seeds])
+    gpus = check_gpus_per_run(gpus_per_run)
+    if gpus > 0 and parallel == "serial":
+        raise FSRFError(f"--gpus-per-run: {gpus:g} asks Ray for GPUs, but --parallel serial runs no Ray tasks; "
+                        "use --parallel ray or auto (serial seeds use train.device)")
+    if _use_ray(parallel, len(seeds), gpus):
+        start_ray()
+        check_gpu_capacity(gpus)
+        out.mkdir(parents=True, exist_ok=True)
+        runs = run_seeds(config, seeds, out, gpus_per_run=gpus)
     else:
-        runs = [train_and_evaluate(config, s, str(out)) for s in seeds]
+        out.mkdir(parents=True, exist_ok=True)
+        dataset = load_dataset(config.data)  # once for every seed
+        runs = [train_and_evaluate(config, s, str(out), dataset=dataset) for s in seeds]
     runs = sorted(runs, key=lambda r: r["seed"])
     protocol = config.data.text_protocol()
     random_table, random_std = aggregate(runs, "random", "missing rate", text_protocol=protocol)
@@ -124,12 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="directory for the runs and the tables")
     p.add_argument("--parallel", choices=("auto", "ray", "serial"), default="auto",
                    help="seeds as Ray tasks or one after another (default: auto)")
+    p.add_argument("--gpus-per-run", type=float, default=0.0,
+                   help="GPUs each seed's Ray task asks for; fractions share a GPU (default: 0)")
     args = p.parse_args(argv)
     try:
         config = load_config(args.config)
         if args.data is not None:
             config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
-        result = run_final(config, args.seeds, args.out, parallel=args.parallel)
+        result = run_final(config, args.seeds, args.out, parallel=args.parallel, gpus_per_run=args.gpus_per_run)
     except FSRFError as err:
         print(f"fsrf final: error: {err}", file=sys.stderr)
         return 2

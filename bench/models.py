@@ -3,6 +3,7 @@ shapes, and the training step's share of this machine's matmul FLOP/s; prints JS
 
     python bench/models.py                       # every model, CPU, batch 64
     python bench/models.py --models fsrf tfn --steps 20 --device cuda
+    python bench/models.py --device cuda --precision fp16 --compile --jsonl
 
 Data: the synthetic generator at MOSI's shapes (text 50 x 768, audio 375 x 5, vision 500 x 20),
 batch 64; each model from ``configs/mosi.yaml`` with ``model.name`` switched (its MOSI
@@ -12,13 +13,16 @@ FLOPs of one training step (forward and backward) are counted by
 ``torch.utils.flop_counter``, which counts matmuls, convolutions and attention but not the
 fused LSTM kernels of lf_dnn / tfn / misa, so their share is a lower bound.
 Targets (issue): every model >= 15% of the matmul rate in training, FSRF >= 25%.
+On CUDA each model also reports the peak GPU memory torch allocated in training and the GPU
+utilisation ``nvidia-smi`` sampled every 100 ms during the timed steps. ``--compile`` compiles
+each model as ``train.compile`` does (FLOPs counted eagerly first; compiling is warm-up, not
+timed); ``--precision fp16`` steps through the gradient scaler as the trainer does.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,13 +34,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
 
-from train_throughput import _sync, machine_info, matmul_flops  # noqa: E402
-from fsrf import build_model, load_config, model_names, with_overrides  # noqa: E402
-from fsrf._rng import draw_seed, isolated_rng, make_generator  # noqa: E402
-from fsrf._run_data import load_dataset  # noqa: E402
-from fsrf._steps import EpochContext, step_loss  # noqa: E402
-from fsrf.evaluate import predict  # noqa: E402
-from fsrf.missing import eval_keep  # noqa: E402
+from train_throughput import (
+    PRECISIONS,
+    GpuMonitor,
+    _sync,
+    emit,
+    machine_info,
+    matmul_flops,
+    peak_gpu_mib,
+    reset_peak,
+)
+
+from fsrf import build_model, load_config, model_names, with_overrides
+from fsrf._device import compile_model, run_settings
+from fsrf._rng import draw_seed, isolated_rng, make_generator
+from fsrf._run_data import load_dataset
+from fsrf._steps import EpochContext, step_loss, warm_up
+from fsrf.evaluate import predict
+from fsrf.missing import eval_keep
 
 
 def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) -> dict:
@@ -49,8 +64,10 @@ def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) 
     with isolated_rng(draw_seed(gen), device):
         model = build_model(config).to(device)
     ctx = EpochContext.create(config, dataset, model, device, gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
     batches = dataset.train.batches(64, generator=gen, drop_last=True)
+    scaler = ctx.scaler
     model.train()
 
     def step(count: bool = False) -> float:
@@ -59,17 +76,25 @@ def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) 
         with counter if count else contextlib.nullcontext():
             total, _ = step_loss(ctx, batch, max_rate=0.5)
             optimizer.zero_grad(set_to_none=True)
-            total.backward()
-        optimizer.step()
+            scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
         return float(counter.get_total_flops()) if count else 0.0
 
-    flops = step(count=True)  # also the warm-up
+    flops = step(count=True)  # counted eagerly; also the warm-up
+    compiled = None
+    if args.compile:
+        compiled = compile_model(model)
+        warm_up(ctx, compiled)  # compiles the training step's forward and backward
     _sync(device)
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    _sync(device)
-    train_s = (time.perf_counter() - start) / args.steps
+    reset_peak(device)
+    with GpuMonitor(device, "train") as util:
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        _sync(device)
+        train_s = (time.perf_counter() - start) / args.steps
+    train_peak = peak_gpu_mib(device)
     test = dataset.test
     keep = eval_keep(test.valid, rate=0.0, seed=1111, split="test")
     predict(model, test, keep=keep, batch_size=256, device=device, precision=args.precision)  # warm-up
@@ -78,13 +103,16 @@ def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) 
     predict(model, test, keep=keep, batch_size=256, device=device, precision=args.precision)
     _sync(device)
     eval_s = time.perf_counter() - start
+    gpu = {"gpu_peak_mib_train": train_peak, **util.summary()} if device.type == "cuda" else {}
     return {
         "parameters": sum(p.numel() for p in model.parameters()),
         "views_per_batch": ctx.views,
+        "compiled": compiled is not None and compiled.active,
         "train_samples_per_s": round(64 / train_s, 1),
         "train_step_gflop": round(flops / 1e9, 3),
         "train_achieved_gflop_per_s": round(flops / train_s / 1e9, 2),
         "eval_samples_per_s": round(len(test) / eval_s, 1),
+        **gpu,
     }
 
 
@@ -92,8 +120,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=None, help="default: every registered model")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    parser.add_argument("--compile", action="store_true", help="torch.compile each model (as train.compile)")
+    parser.add_argument("--tf32", action="store_true", help="TF32 matmuls on CUDA (as train.tf32)")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per model")
+    parser.add_argument("--jsonl", action="store_true", help="print the result as one JSON line")
     args = parser.parse_args()
     device = torch.device(args.device)
     base = load_config(ROOT / "configs" / "mosi.yaml")
@@ -102,17 +133,23 @@ def main() -> None:
     dataset = load_dataset(data)
     peak = matmul_flops(device)
     models = {}
-    for name in args.models or model_names():
-        row = measure(name, args, dataset, device)
-        row["train_flop_share_of_matmul"] = round(row["train_achieved_gflop_per_s"] * 1e9 / peak, 3)
-        models[name] = row
-    print(json.dumps({
-        **machine_info(device, args.precision),
+    with run_settings(device, tf32=args.tf32, deterministic=False):
+        for name in args.models or model_names():
+            row = measure(name, args, dataset, device)
+            row["train_flop_share_of_matmul"] = round(row["train_achieved_gflop_per_s"] * 1e9 / peak, 3)
+            models[name] = row
+    emit({
+        **machine_info(device, args.precision, compiled=args.compile, tf32=args.tf32),
         "matmul_fp32_gflop_per_s": round(peak / 1e9, 1),
         "models": models,
         "targets": {"train_flop_share_of_matmul": ">= 0.15 every model, >= 0.25 fsrf"},
-    }, indent=2))
+    }, jsonl=args.jsonl)
 
 
 if __name__ == "__main__":
-    main()
+    from fsrf import FSRFError
+
+    try:
+        main()
+    except FSRFError as err:
+        raise SystemExit(f"bench/models.py: error: {err}") from None

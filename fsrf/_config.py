@@ -30,6 +30,7 @@ CURRICULUM_KINDS = ("constant", "linear", "step", "cosine", "exponential", "adap
 SIMULATOR_NAMES = ("random", "modality", "mixed")
 SYNTHETIC_KINDS = ("basic", "recovery")
 SYNTHETIC_LABELS = ("shared", "specific")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 _check, _unit, _one_of = check, check_unit, check_one_of
@@ -181,12 +182,22 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The loop: length, seed, device, selection and checkpoints."""
+    """The loop: length, seed, device, numerics, selection and checkpoints.
+
+    ``precision`` is ``fp32``, ``bf16`` (autocast; losses in float32) or ``fp16`` (autocast
+    with a gradient scaler, CUDA only); ``tf32`` lets CUDA float32 matmuls and cuDNN use TF32
+    (no effect on the CPU); ``compile`` runs the model through ``torch.compile`` (eager if
+    compiling fails); ``deterministic`` turns on torch's deterministic algorithms for the run
+    (resumed runs equal uninterrupted ones on a GPU too; on the CPU they always do).
+    """
 
     epochs: int = 20
     seed: int = 1111
     device: str = "auto"
     precision: str = "fp32"
+    tf32: bool = False
+    compile: bool = False
+    deterministic: bool = False
     select_metric: str = "MAE"
     patience: int = 0
     checkpoint_every: int = 1
@@ -201,7 +212,9 @@ class TrainConfig:
             "device",
             f"{self.device!r} is not one of auto, cpu, cuda, cuda:N",
         )
-        _one_of(self.precision, "precision", ("fp32", "bf16"))
+        _one_of(self.precision, "precision", PRECISIONS)
+        _check(not (self.precision == "fp16" and self.device == "cpu"), "precision",
+               "fp16 needs a CUDA device; use bf16 or fp32 on CPU")
         _check(self.patience >= 0, "patience", f"{self.patience} must be >= 0 (0 = off)")
         _check(self.checkpoint_every >= 1, "checkpoint_every", "must be >= 1")
         _check(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")

@@ -74,12 +74,13 @@ def _restore(args: argparse.Namespace) -> tuple:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from fsrf._device import eval_precision
     from fsrf.evaluate import modality_pattern_table, random_missing_table
 
     state, config, dataset, model, device = _restore(args)
     split = dataset.split(args.split)
     common = {"dataset": dataset.name, "batch_size": args.batch_size, "device": device,
-              "precision": config.train.precision}
+              "precision": eval_precision(device, config.train.precision)}
     random_table = random_missing_table(model, split, split_name=args.split, seed=args.seed, **common)
     pattern_table = modality_pattern_table(model, split, **common)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fsrf._constants import COMPLETE_PATTERN, EVAL_RATES, MISSING_PATTERNS, TEXT_PROTOCOLS, pattern_name
-from fsrf._device import autocast
+from fsrf._device import autocast, to_device
 from fsrf._yaml import atomic_write_text
 from fsrf.data import Split
 from fsrf.metrics import regression_metrics
@@ -46,23 +46,53 @@ def predict(
     """Predictions (N,) float32 on the CPU for a whole split under fixed keep masks.
 
     Args:
-        keep: modality -> (N, T_m) bool keep masks for the whole split, or None (complete).
+        keep: modality -> (N, T_m) bool keep masks for the whole split (on the CPU or on
+            ``device``), or None (complete).
+    """
+    return predict_many(model, split, keeps=[keep], batch_size=batch_size, device=device, precision=precision)[0]
+
+
+@torch.no_grad()
+def predict_many(
+    model: BaseModel,
+    split: Split,
+    *,
+    keeps: Sequence[Mapping[str, torch.Tensor] | None],
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+) -> list[torch.Tensor]:
+    """Predictions of a whole split under each of several fixed keep masks (e.g. every missing rate).
+
+    Each batch goes to ``device`` once (pinned, without waiting, on CUDA) and runs under
+    every mask there; the predictions stay on the device and are read back once at the end.
+    Each forward is the one :func:`predict` would run (same batches, same inputs), so the
+    results equal one :func:`predict` per mask.
+
+    Args:
+        keeps: per condition, modality -> (N, T_m) bool keep masks for the whole split (on the
+            CPU or on ``device``; masks already on ``device`` are sliced there), or None (complete).
+
+    Returns:
+        One (N,) float32 CPU tensor per entry of ``keeps``.
     """
     was_training = model.training
     model.eval()
-    preds = []
+    preds: list[list[torch.Tensor]] = [[] for _ in keeps]
     for index, batch in split.batches(batch_size):
-        features, kept = batch.features, None
-        if keep is not None:
-            kept = {m: k.index_select(0, index) for m, k in keep.items()}
-            features = apply_keep(features, kept)
-            kept = {m: k.to(device, non_blocking=True) for m, k in kept.items()}
-        x = {m: f.to(device, non_blocking=True) for m, f in features.items()}
-        valid = {m: v.to(device, non_blocking=True) for m, v in batch.valid.items()}
-        with autocast(device, precision):
-            preds.append(model(x, valid, keep=kept).pred.float().cpu())
+        features = {m: to_device(f, device) for m, f in batch.features.items()}
+        valid = {m: to_device(v, device) for m, v in batch.valid.items()}
+        on_device = to_device(index, device)  # slices masks kept on the device, without a blocking copy
+        for out, keep in zip(preds, keeps):
+            x, kept = features, None
+            if keep is not None:
+                kept = {m: to_device(k.index_select(0, index if k.device.type == "cpu" else on_device), device)
+                        for m, k in keep.items()}
+                x = apply_keep(features, kept)
+            with autocast(device, precision):
+                out.append(model(x, valid, keep=kept).pred.float())
     model.train(was_training)
-    return torch.cat(preds)
+    return [torch.cat(out).cpu() for out in preds]
 
 
 @dataclass(frozen=True)
@@ -144,11 +174,11 @@ def random_missing_table(
 ) -> RobustnessTable:
     """One row per missing rate (same rate for every sample and modality), plus their average."""
     device = device or torch.device("cpu")
-    rows: dict[str, dict[str, float]] = {}
-    for rate in rates:
-        keep = eval_keep(split.valid, rate=rate, seed=seed, split=split_name)
-        pred = predict(model, split, keep=keep, batch_size=batch_size, device=device, precision=precision)
-        rows[f"{rate:.1f}"] = regression_metrics(pred, split.labels, dataset)
+    keeps = [eval_keep(split.valid, rate=rate, seed=seed, split=split_name) for rate in rates]
+    preds = predict_many(model, split, keeps=keeps, batch_size=batch_size, device=device, precision=precision)
+    rows: dict[str, dict[str, float]] = {
+        f"{rate:.1f}": regression_metrics(pred, split.labels, dataset) for rate, pred in zip(rates, preds)
+    }
     rows[AVERAGE] = mean_row(list(rows.values()))
     return RobustnessTable("missing rate", rows, model_text_protocol(model))
 
@@ -165,11 +195,13 @@ def modality_pattern_table(
     """One row per availability pattern ({l}, ..., {a,v}), the complete input, and the
     average over the six missing patterns (the field's ``Avg`` column)."""
     device = device or torch.device("cpu")
-    rows: dict[str, dict[str, float]] = {}
-    for present in (*MISSING_PATTERNS, COMPLETE_PATTERN):
-        keep = pattern_keep(split.valid, present)
-        pred = predict(model, split, keep=keep, batch_size=batch_size, device=device, precision=precision)
-        rows["{" + ",".join(pattern_name(present)) + "}"] = regression_metrics(pred, split.labels, dataset)
+    patterns = (*MISSING_PATTERNS, COMPLETE_PATTERN)
+    keeps = [pattern_keep(split.valid, present) for present in patterns]
+    preds = predict_many(model, split, keeps=keeps, batch_size=batch_size, device=device, precision=precision)
+    rows: dict[str, dict[str, float]] = {
+        "{" + ",".join(pattern_name(present)) + "}": regression_metrics(pred, split.labels, dataset)
+        for present, pred in zip(patterns, preds)
+    }
     complete = rows.pop("{" + ",".join(pattern_name(COMPLETE_PATTERN)) + "}")
     average = mean_row(list(rows.values()))
     rows["complete"] = complete

@@ -6,8 +6,11 @@ missing rates with fixed masks, and reports every metric and loss term once.
 Model selection and early stopping read the validation objective only (the
 mean of ``train.select_metric`` over the validation rates); the test split is
 never touched here. Every random draw comes from one generator seeded with
-``train.seed``, and its state is checkpointed, so a resumed run ends exactly
-where an uninterrupted one does (on the CPU).
+``train.seed`` (on a GPU, each epoch's masks from a device generator seeded from
+it), and its state is checkpointed, so a resumed run ends exactly where an
+uninterrupted one does: always on the CPU, and on a GPU under
+``train.deterministic: true`` (with fp16 the gradient scaler's state is
+checkpointed too).
 
 The loop knows nothing of any tuner: a tuner passes ``report``.
 """
@@ -42,11 +45,11 @@ from fsrf._constants import (
     loss_key,
     robust_key,
 )
-from fsrf._device import resolve_device
+from fsrf._device import check_precision, compile_model, resolve_device, run_settings
 from fsrf._errors import FSRFError, NonFiniteLossError
 from fsrf._rng import draw_seed, isolated_rng, make_generator
 from fsrf._run_data import check_shapes, load_dataset
-from fsrf._steps import EpochContext, train_epoch, validate
+from fsrf._steps import EpochContext, train_epoch, validate, warm_up
 from fsrf._yaml import atomic_write_text, save_config
 from fsrf.data import MultimodalDataset
 from fsrf.model import build_model
@@ -68,6 +71,8 @@ class TrainResult:
         history: every epoch's report.
         stopped_early: whether early stopping ended the run.
         out_dir: where checkpoints, config, history and TensorBoard events went.
+        compiled: whether the model ran compiled to the end (``train.compile`` on and
+            ``torch.compile`` did not fail; a failure prints one line and trains eagerly).
     """
 
     best_epoch: int
@@ -76,6 +81,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(repr=False)
     stopped_early: bool = False
     out_dir: Path | None = None
+    compiled: bool = False
 
 
 def _lr_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
@@ -137,11 +143,30 @@ def train(
             (a tuner whose own logger writes them turns this off).
 
     Raises:
-        FSRFError: bad data, a mismatching checkpoint, or a non-finite loss
-            (:class:`NonFiniteLossError`, naming the epoch and the term).
+        FSRFError: bad data, a mismatching checkpoint, ``train.precision: fp16`` without a CUDA
+            device, or a non-finite loss (:class:`NonFiniteLossError`, naming the epoch and the term).
     """
     tc = config.train
     device = resolve_device(tc.device)
+    check_precision(device, tc.precision)
+    with run_settings(device, tf32=tc.tf32, deterministic=tc.deterministic):
+        return _train(config, device, report=report, resume_from=resume_from, out_dir=out_dir,
+                      dataset=dataset, progress=progress, tensorboard=tensorboard)
+
+
+def _train(
+    config: Config,
+    device: torch.device,
+    *,
+    report: Report | None,
+    resume_from: str | Path | None,
+    out_dir: str | Path | None,
+    dataset: MultimodalDataset | None,
+    progress: bool,
+    tensorboard: bool,
+) -> TrainResult:
+    """:func:`train` under the run's device settings."""
+    tc = config.train
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
     if dataset is None:
@@ -153,8 +178,11 @@ def train(
     generator = make_generator(tc.seed)
     with isolated_rng(draw_seed(generator), device):
         model = build_model(config).to(device)
+    compiled = compile_model(model) if tc.compile else None
+    # on CUDA the fused kernel: one launch per step, and fp16's scaler steps it without a host sync
+    fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(_parameter_groups(model, config), lr=config.optim.lr,
-                                  weight_decay=config.optim.weight_decay)
+                                  weight_decay=config.optim.weight_decay, **fused)
     n_train = len(dataset.train)
     steps = max(1, n_train // config.optim.batch_size) if n_train >= config.optim.batch_size else 1
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -162,6 +190,8 @@ def train(
     )
     curriculum = config.curriculum.build()
     ctx = EpochContext.create(config, dataset, model, device, generator)
+    if compiled is not None:
+        warm_up(ctx, compiled)
 
     start, best, bad, history = 0, None, 0, []
     if resume_from is not None:
@@ -172,6 +202,8 @@ def train(
         scheduler.load_state_dict(state["scheduler"])
         curriculum.load_state_dict(state["curriculum"])
         generator.set_state(state["generator"])
+        if state.get("scaler"):
+            ctx.scaler.load_state_dict(state["scaler"])
         start, best, bad, history = state["epoch"], state["best"], state["bad_epochs"], list(state["history"])
 
     writer = None
@@ -234,6 +266,7 @@ def train(
                         "scheduler": scheduler.state_dict(),
                         "curriculum": curriculum.state_dict(),
                         "generator": generator.get_state(),
+                        "scaler": ctx.scaler.state_dict(),
                         "best": best,
                         "bad_epochs": bad,
                         "history": history,
@@ -265,6 +298,7 @@ def train(
         history=history,
         stopped_early=stopped,
         out_dir=out,
+        compiled=compiled is not None and compiled.active,
     )
 
 

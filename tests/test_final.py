@@ -62,3 +62,51 @@ def test_final_runs_seeds_as_ray_tasks(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Started a local Ray instance" in run.stderr
     assert [r["seed"] for r in json.loads((out / "runs.json").read_text())] == [3, 4]
+
+
+@pytest.mark.parametrize("bad, needle", [("-1", "must be >= 0"), ("1.5", "at most 1 or a whole number")])
+def test_a_bad_gpus_per_run_is_one_line_before_any_ray_work(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                             bad: str, needle: str) -> None:
+    code = main(["final", "--config", str(_config(tmp_path)), "--seeds", "1", "2", "--out", str(tmp_path / "f"),
+                 "--gpus-per-run", bad])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("fsrf final: error: --gpus-per-run: ") and needle in err[0]
+
+
+def test_gpus_per_run_needs_ray_tasks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["final", "--config", str(_config(tmp_path)), "--seeds", "1", "2", "--out", str(tmp_path / "f"),
+                 "--parallel", "serial", "--gpus-per-run", "0.5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--parallel serial runs no Ray tasks" in err[0]
+
+
+@pytest.fixture
+def ray_without_gpus(monkeypatch: pytest.MonkeyPatch):
+    """A local Ray of 2 CPUs and no GPU, in this process (final and compare join it)."""
+    import ray
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.parametrize("gpus", ["0.25", "1", "2"])
+def test_more_gpus_per_run_than_any_node_has_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_without_gpus: None, gpus: str
+) -> None:
+    expected = f"--gpus-per-run: {float(gpus):g} GPUs per seed, but the largest node of the Ray cluster has 0"
+    capsys.readouterr()  # what Ray logged while starting
+    out = tmp_path / "final"
+    code = main(["final", "--config", str(_config(tmp_path)), "--seeds", "1", "2", "--out", str(out),
+                 "--gpus-per-run", gpus])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"fsrf final: error: {expected}"]
+    assert not (out / "seed-1").exists()  # refused before any training
+    code = main(["compare", "--models", "fsrf", "plain", "--config", str(_config(tmp_path)),
+                 "--out", str(tmp_path / "compare"), "--gpus-per-run", gpus])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"fsrf compare: error: {expected}"]
+    assert not (tmp_path / "compare" / "fsrf").exists()

@@ -394,6 +394,7 @@ def test_no_public_function_touches_the_global_rng() -> None:
         assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state(), np_state)), name
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("cls", CLASSES)
 def test_masks_follow_valid_to_cuda_and_do_not_depend_on_device(cls: type[BaseMissingness]) -> None:

@@ -378,7 +378,7 @@ def run_search(options: SearchOptions) -> Path:
     import ray
     from ray import tune
 
-    from tuning._shared_data import to_arrays
+    from tuning._shared_data import trial_data
     from tuning.trainable import fsrf_trainable
 
     local = _start_ray(options)
@@ -392,7 +392,7 @@ def run_search(options: SearchOptions) -> Path:
             if uri is not None:
                 mirror(exp, uri)
         trainable = tune.with_resources(
-            tune.with_parameters(fsrf_trainable, space=space, data=to_arrays(dataset), overrides=overrides,
+            tune.with_parameters(fsrf_trainable, space=space, data=trial_data(dataset), overrides=overrides,
                                  experiment_dir=None if uri else str(exp)),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )

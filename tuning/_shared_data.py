@@ -5,6 +5,10 @@ copy (read-only, zero-copy); torch tensors would be unpickled into a private
 copy per trial. The driver turns the loaded :class:`fsrf.data.MultimodalDataset`
 into numpy arrays once; each trial wraps them back with ``torch.from_numpy``,
 which shares memory. fsrf never writes into its input features in place.
+
+Trials train and validate only, so a search ships the train and valid splits
+(:data:`TRIAL_SPLITS`); the test split never reaches a trial's worker. ``fsrf
+final``, which evaluates on test, ships all three (:data:`ALL_SPLITS`).
 """
 
 from __future__ import annotations
@@ -18,13 +22,22 @@ import torch
 from fsrf import MODALITIES
 from fsrf.data import MultimodalDataset, Split
 
-_SPLITS = ("train", "valid", "test")
+TRIAL_SPLITS = ("train", "valid")
+"""What a search's trials receive: never the test split."""
+ALL_SPLITS = ("train", "valid", "test")
+"""What a final run (trained, then evaluated on test) receives."""
 
 
-def to_arrays(dataset: MultimodalDataset) -> dict[str, Any]:
-    """Plain numpy arrays and strings (views of the tensors' memory, not copies)."""
+def to_arrays(dataset: MultimodalDataset, *, splits: tuple[str, ...] = TRIAL_SPLITS) -> dict[str, Any]:
+    """Plain numpy arrays and strings (views of the tensors' memory, not copies) of ``splits``.
+
+    Args:
+        dataset: the loaded dataset.
+        splits: the splits to ship: :data:`TRIAL_SPLITS` (a search's trials) by default, or
+            :data:`ALL_SPLITS`.
+    """
     out: dict[str, Any] = {"name": dataset.name, "source": dataset.source}
-    for name in _SPLITS:
+    for name in splits:
         split = dataset.split(name)
         out[name] = {
             "features": {m: split.features[m].numpy() for m in MODALITIES},
@@ -35,6 +48,11 @@ def to_arrays(dataset: MultimodalDataset) -> dict[str, Any]:
     return out
 
 
+def trial_data(dataset: MultimodalDataset) -> dict[str, Any]:
+    """The object a search puts in Ray's object store for its trials: train and valid only."""
+    return to_arrays(dataset, splits=TRIAL_SPLITS)
+
+
 def _tensor(array: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():  # object-store arrays are read-only; fsrf only reads them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -42,14 +60,14 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 
 def from_arrays(arrays: dict[str, Any]) -> MultimodalDataset:
-    """The dataset again, its tensors sharing the arrays' memory."""
-    splits = {
+    """The dataset again, its tensors sharing the arrays' memory (``test`` None when not shipped)."""
+    splits: dict[str, Split | None] = {
         name: Split(
             features={m: _tensor(arrays[name]["features"][m]) for m in MODALITIES},
             valid={m: _tensor(arrays[name]["valid"][m]) for m in MODALITIES},
             labels=_tensor(arrays[name]["labels"]),
             ids=tuple(arrays[name]["ids"]),
-        )
-        for name in _SPLITS
+        ) if name in arrays else None
+        for name in ALL_SPLITS
     }
     return MultimodalDataset(name=arrays["name"], source=arrays["source"], **splits)

@@ -45,8 +45,10 @@ RESERVED = {
 }
 """Config fields a space may not search, and why."""
 
-RUNTIME_FIELDS = ("data.path", "train.device", "train.num_threads")
-"""Where and on what a trial runs: left out of the fingerprint (moving data or hardware is no new space)."""
+RUNTIME_FIELDS = ("data.path", "train.device", "train.num_threads", "train.tf32", "train.compile",
+                  "train.deterministic")
+"""Where and on what a trial runs: left out of the fingerprint (moving data or hardware is no new space;
+a search started before these keys existed keeps its fingerprint)."""
 
 DEFAULT_COLUMNS = 6
 """How many params :meth:`SearchSpace.key_columns` names when the file has no ``columns``."""

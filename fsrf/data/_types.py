@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from fsrf._constants import MODALITIES
+from fsrf._errors import FSRFError
 
 
 @dataclass(frozen=True, eq=False)
@@ -103,16 +104,25 @@ class MultimodalDataset:
         name: ``synthetic``, ``mosi``, ``mosei`` or ``sims`` (selects the metrics).
         train: training split.
         valid: validation split (model selection and early stopping).
-        test: test split (reported, never used for selection).
+        test: test split (reported, never used for selection); None where it was left out on
+            purpose (a search's trials get train and valid only).
         source: the file it was read from.
     """
 
     name: str
     train: Split
     valid: Split
-    test: Split
+    test: Split | None
     source: str = ""
 
     def split(self, name: str) -> Split:
-        """Return the split called ``train``, ``valid`` or ``test``."""
-        return {"train": self.train, "valid": self.valid, "test": self.test}[name]
+        """Return the split called ``train``, ``valid`` or ``test``.
+
+        Raises:
+            FSRFError: ``test`` of a dataset loaded without it.
+        """
+        split = {"train": self.train, "valid": self.valid, "test": self.test}[name]
+        if split is None:
+            raise FSRFError(f"split: dataset {self.name!r} holds no {name!r} split here "
+                            "(a search's trials get train and valid only)")
+        return split

@@ -2,7 +2,7 @@
 
 Two protocols of the field, with shared conventions (keep masks True = kept,
 padding always kept, dropped frames zero-filled by :func:`apply_keep`, every
-draw from an explicit CPU :class:`torch.Generator`):
+draw from an explicit :class:`torch.Generator`, on the CPU or on the masks' device):
 
 * intra-modality (LNLN): :class:`RandomDrop` drops single tokens/frames;
   :func:`eval_keep` / :class:`EvalMaskCache` give the fixed evaluation masks

@@ -34,14 +34,30 @@ def check_int(value: object, key: str, *, minimum: int) -> int:
     return int(value)
 
 
-def check_generator(generator: object) -> torch.Generator:
-    """Return ``generator`` after checking it is a CPU :class:`torch.Generator`."""
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Whether two devices are the same (``cuda`` and ``cuda:<current>`` count as one)."""
+    if a.type != b.type:
+        return False
+    if a.type != "cuda" or a.index == b.index:
+        return True
+    current = torch.cuda.current_device()
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+
+
+def check_generator(generator: object, device: torch.device | None = None) -> torch.Generator:
+    """Return ``generator`` after checking it is a :class:`torch.Generator` on the CPU or on ``device``.
+
+    Args:
+        generator: the only source of randomness.
+        device: the device of the masks; a generator there draws them there. None accepts
+            a generator on any device.
+    """
     if not isinstance(generator, torch.Generator):
         raise FSRFError(
             f"generator: {type(generator).__name__} given, expected a torch.Generator (the global RNG is never used)"
         )
-    if generator.device.type != "cpu":
-        raise FSRFError(f"generator: on {generator.device}, expected a CPU torch.Generator")
+    if device is not None and generator.device.type != "cpu" and not same_device(generator.device, device):
+        raise FSRFError(f"generator: on {generator.device}, expected a CPU torch.Generator or one on {device}")
     return generator
 
 

@@ -88,10 +88,12 @@ def training_rates(
         batch_size: B >= 1.
         max_rate: upper bound of the rates, in [0, 1] (the curriculum's rate).
         complete_share: probability in [0, 1] that a sample is complete.
-        generator: a CPU generator, the only source of randomness.
+        generator: the only source of randomness, on the CPU or a device; the rates
+            are drawn on its device.
 
     Returns:
-        (B, 3) float32 on the CPU, columns in modality order, values in [0, max_rate].
+        (B, 3) float32 on the generator's device, columns in modality order, values in
+        [0, max_rate].
 
     Raises:
         FSRFError: an argument out of range or of the wrong type.
@@ -100,6 +102,6 @@ def training_rates(
     top = check_unit(max_rate, "max_rate")
     share = check_unit(complete_share, "complete_share")
     gen = check_generator(generator)
-    rates = torch.rand((b, len(MODALITIES)), generator=gen) * top
-    complete = torch.rand(b, generator=gen) < share  # (B,)
+    rates = torch.rand((b, len(MODALITIES)), generator=gen, device=gen.device) * top
+    complete = torch.rand(b, generator=gen, device=gen.device) < share  # (B,)
     return rates.masked_fill(complete.unsqueeze(1), 0.0)

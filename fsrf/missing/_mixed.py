@@ -46,13 +46,24 @@ class MixedDrop(BaseMissingness):
     ) -> dict[str, torch.Tensor]:
         """See :meth:`BaseMissingness.sample`."""
         cpu_valid, device = check_valid(valid)
-        batch = int(cpu_valid[MODALITIES[0]].shape[0])
-        cpu_rates = check_rates(rates, batch)
-        gen = check_generator(generator)
-        whole = (torch.rand(batch, generator=gen) < self.modality_share).unsqueeze(1)  # (B, 1)
-        token = token_keep(cpu_valid, cpu_rates, gen)
-        modality = whole_keep(cpu_valid, whole_drop(cpu_rates, gen))
-        return to_device({m: torch.where(whole, modality[m], token[m]) for m in MODALITIES}, device)
+        cpu_rates = check_rates(rates, int(cpu_valid[MODALITIES[0]].shape[0]))
+        gen = check_generator(generator, device)
+        if gen.device.type == "cpu":
+            return to_device(self.draw(cpu_valid, cpu_rates, gen), device)
+        return self.draw({m: valid[m] for m in MODALITIES}, cpu_rates.to(device), gen)
+
+    def draw(
+        self,
+        valid: Mapping[str, torch.Tensor],
+        rates: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """See :meth:`BaseMissingness.draw`."""
+        batch = int(rates.shape[0])
+        whole = (torch.rand(batch, generator=generator, device=rates.device) < self.modality_share).unsqueeze(1)  # (B, 1)
+        token = token_keep(valid, rates, generator)
+        modality = whole_keep(valid, whole_drop(rates, generator))
+        return {m: torch.where(whole, modality[m], token[m]) for m in MODALITIES}
 
     def __repr__(self) -> str:
         return f"MixedDrop(modality_share={self.modality_share!r})"

@@ -21,15 +21,15 @@ def whole_drop(rates: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     the generator advances by a fixed amount).
 
     Args:
-        rates: (B, M) float on the CPU.
-        generator: a CPU generator.
+        rates: (B, M) float on the generator's device.
+        generator: a CPU or device generator.
 
     Returns:
-        (B, M) bool, True = dropped; never True in all M columns of a row.
+        (B, M) bool on the rates' device, True = dropped; never True in all M columns of a row.
     """
     b, n = rates.shape
-    dropped = torch.rand((b, n), generator=generator) < rates  # (B, M)
-    rescue = torch.randint(n, (b,), generator=generator)  # (B,) uniform over modalities
+    dropped = torch.rand((b, n), generator=generator, device=rates.device) < rates  # (B, M)
+    rescue = torch.randint(n, (b,), generator=generator, device=rates.device)  # (B,) uniform over modalities
     rescued = torch.nn.functional.one_hot(rescue, n).bool() & dropped.all(dim=1, keepdim=True)
     return dropped & ~rescued
 
@@ -38,7 +38,7 @@ def whole_keep(valid: Mapping[str, torch.Tensor], dropped: torch.Tensor) -> dict
     """Keep masks from per-sample modality drops: a dropped modality loses every valid position.
 
     Args:
-        valid: modality -> (B, T_m) bool on the CPU.
+        valid: modality -> (B, T_m) bool, on the device of ``dropped``.
         dropped: (B, M) bool from :func:`whole_drop`.
     """
     return {m: ~(valid[m] & dropped[:, i : i + 1]) for i, m in enumerate(MODALITIES)}
@@ -73,5 +73,16 @@ class ModalityDrop(BaseMissingness):
         """See :meth:`BaseMissingness.sample`."""
         cpu_valid, device = check_valid(valid)
         cpu_rates = check_rates(rates, int(cpu_valid[MODALITIES[0]].shape[0]))
-        dropped = whole_drop(cpu_rates, check_generator(generator))
-        return to_device(whole_keep(cpu_valid, dropped), device)
+        gen = check_generator(generator, device)
+        if gen.device.type == "cpu":
+            return to_device(self.draw(cpu_valid, cpu_rates, gen), device)
+        return self.draw({m: valid[m] for m in MODALITIES}, cpu_rates.to(device), gen)
+
+    def draw(
+        self,
+        valid: Mapping[str, torch.Tensor],
+        rates: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """See :meth:`BaseMissingness.draw`."""
+        return whole_keep(valid, whole_drop(rates, generator))

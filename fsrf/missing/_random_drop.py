@@ -29,7 +29,7 @@ def text_ends(valid: torch.Tensor) -> torch.Tensor:
     b, t = valid.shape
     if t == 0:
         return torch.zeros_like(valid)
-    pos = torch.arange(t).expand(b, t)
+    pos = torch.arange(t, device=valid.device).expand(b, t)
     first = torch.where(valid, pos, t).amin(dim=1, keepdim=True)  # (B, 1); t when the row is empty
     last = torch.where(valid, pos, -1).amax(dim=1, keepdim=True)  # (B, 1); -1 when the row is empty
     return (pos == first) | (pos == last)
@@ -38,20 +38,20 @@ def text_ends(valid: torch.Tensor) -> torch.Tensor:
 def token_keep(
     valid: Mapping[str, torch.Tensor], rates: torch.Tensor, generator: torch.Generator
 ) -> dict[str, torch.Tensor]:
-    """Checked-input core of :class:`RandomDrop` (CPU in, CPU out).
+    """Checked-input core of :class:`RandomDrop`, on the generator's device.
 
     Draws one (B, T_m) uniform matrix per modality, in modality order, whatever
     the rates, so the generator always advances by the same amount.
 
     Args:
-        valid: modality -> (B, T_m) bool on the CPU, in modality order.
-        rates: (B, 3) float on the CPU.
-        generator: a CPU generator.
+        valid: modality -> (B, T_m) bool, in modality order, on the generator's device.
+        rates: (B, 3) float on the same device.
+        generator: a CPU or device generator.
     """
     keep = {}
     for i, m in enumerate(MODALITIES):
         v = valid[m]
-        noise = torch.rand(v.shape, generator=generator)  # (B, T_m) in [0, 1)
+        noise = torch.rand(v.shape, generator=generator, device=v.device)  # (B, T_m) in [0, 1)
         dropped = v & (noise < rates[:, i : i + 1])  # rate 0 never drops, rate 1 always does
         if m == TEXT:
             dropped &= ~text_ends(v)
@@ -88,4 +88,16 @@ class RandomDrop(BaseMissingness):
         """See :meth:`BaseMissingness.sample`."""
         cpu_valid, device = check_valid(valid)
         cpu_rates = check_rates(rates, int(cpu_valid[TEXT].shape[0]))
-        return to_device(token_keep(cpu_valid, cpu_rates, check_generator(generator)), device)
+        gen = check_generator(generator, device)
+        if gen.device.type == "cpu":
+            return to_device(self.draw(cpu_valid, cpu_rates, gen), device)
+        return self.draw({m: valid[m] for m in MODALITIES}, cpu_rates.to(device), gen)
+
+    def draw(
+        self,
+        valid: Mapping[str, torch.Tensor],
+        rates: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict[str, torch.Tensor]:
+        """See :meth:`BaseMissingness.draw`."""
+        return token_keep(valid, rates, generator)

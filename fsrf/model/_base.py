@@ -66,8 +66,8 @@ class TrainBatch:
         valid: modality -> (V*B, T_m) bool, False at padding.
         keep: modality -> (V*B, T_m) bool, False at dropped frames.
         labels: (B,) targets.
-        complete: modality -> (B, T_m, D_m), the batch before any drop, left where the data
-            lives (a model that reads it moves it to its device).
+        complete: modality -> (B, T_m, D_m), the batch before any drop, on the run's device (the
+            trainer moves each batch there once; a model that reads it may still call ``.to``).
         views: V.
         task: the trainer's task loss, ``l1`` or ``mse`` (``train.task_loss``), for terms of the
             same form (e.g. distilling a prediction).

@@ -236,10 +236,12 @@ class LNLN(BaseModel):
             valid_t = batch.valid["text"]
             kept = (valid_t & batch.keep["text"]).sum(dim=1) / valid_t.sum(dim=1).clamp_min(1)
             tokens = torch.cat([out.dominant.float(), complete["text"].float()]).flatten(0, 1)  # (2 B K, H)
-            truth = torch.cat([torch.ones(out.dominant.shape[0] * self.k), torch.zeros(out.dominant.shape[0] * self.k)])
+            n = out.dominant.shape[0] * self.k
+            truth = torch.cat([torch.ones(n, dtype=torch.long, device=device),
+                               torch.zeros(n, dtype=torch.long, device=device)])  # made on the device: no copy
             terms = {
                 "cc": F.mse_loss(out.completeness.float(), kept.float()),
-                "adv": F.cross_entropy(self.discriminator(tokens), truth.long().to(device)),
+                "adv": F.cross_entropy(self.discriminator(tokens), truth),
                 "rec": F.mse_loss(torch.cat([out.recon[m].float() for m in MODALITIES], dim=1),
                                   torch.cat([complete[m].float() for m in MODALITIES], dim=1)),
             }
