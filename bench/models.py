@@ -11,7 +11,8 @@ defaults). Training: ``--steps`` timed steps after one warm-up step, at missing 
 every loss term of the model; evaluation: complete-input prediction over the test split.
 FLOPs of one training step (forward and backward) are counted by
 ``torch.utils.flop_counter``, which counts matmuls, convolutions and attention but not the
-fused LSTM kernels of lf_dnn / tfn / misa, so their share is a lower bound.
+fused LSTM kernels of lf_dnn / tfn / misa: those are added from each LSTM's shapes
+(4 gates x (D + H) x H multiply-adds per step and direction, x3 for the backward).
 Targets (issue): every model >= 15% of the matmul rate in training, FSRF >= 25%.
 On CUDA each model also reports the peak GPU memory torch allocated in training and the GPU
 utilisation ``nvidia-smi`` sampled every 100 ms during the timed steps. ``--compile`` compiles
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import sys
 import time
 from pathlib import Path
@@ -54,6 +56,18 @@ from fsrf.evaluate import predict
 from fsrf.missing import eval_keep
 
 
+def _lstm_flops(total: list, module: torch.nn.LSTM, inputs: tuple, output: object) -> None:
+    """Add a fused LSTM's training FLOPs (which ``FlopCounterMode`` does not see) to ``total[0]``:
+    per step and direction 4 gates x (D + H) x H multiply-adds, x2 FLOPs, x3 for forward + backward."""
+    x = inputs[0]
+    if not isinstance(x, torch.Tensor):  # a packed sequence: the counter sees its matmuls
+        return
+    steps = x.shape[0] * x.shape[1]  # B x T (batch_first)
+    directions = 2 if module.bidirectional else 1
+    width = module.input_size + module.hidden_size
+    total[0] += 3 * 2 * 4 * width * module.hidden_size * steps * directions * module.num_layers
+
+
 def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) -> dict:
     config = with_overrides(load_config(ROOT / "configs" / "mosi.yaml"), {"model.name": name})
     config = with_overrides(config, {
@@ -73,13 +87,18 @@ def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) 
     def step(count: bool = False) -> float:
         _, batch = next(batches)
         counter = FlopCounterMode(display=False)
+        lstm = [0.0]
+        hooks = [m.register_forward_hook(functools.partial(_lstm_flops, lstm)) for m in model.modules()
+                 if isinstance(m, torch.nn.LSTM)] if count else []
         with counter if count else contextlib.nullcontext():
             total, _ = step_loss(ctx, batch, max_rate=0.5)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
+        for hook in hooks:
+            hook.remove()
         scaler.step(optimizer)
         scaler.update()
-        return float(counter.get_total_flops()) if count else 0.0
+        return float(counter.get_total_flops()) + lstm[0] if count else 0.0
 
     flops = step(count=True)  # counted eagerly; also the warm-up
     compiled = None
