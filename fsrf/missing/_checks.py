@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -113,3 +113,19 @@ def to_device(masks: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     if device.type == "cpu":
         return masks
     return {m: k.to(device, non_blocking=True) for m, k in masks.items()}
+
+
+def checked_draw(
+    draw: Callable[[Mapping[str, torch.Tensor], torch.Tensor, torch.Generator], dict[str, torch.Tensor]],
+    valid: Mapping[str, torch.Tensor],
+    rates: torch.Tensor,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """A simulator's ``sample``: check the arguments, then ``draw`` on the generator's device
+    (a CPU generator draws on the CPU and the masks move to ``valid``'s device)."""
+    cpu_valid, device = check_valid(valid)
+    cpu_rates = check_rates(rates, int(cpu_valid[MODALITIES[0]].shape[0]))
+    gen = check_generator(generator, device)
+    if gen.device.type == "cpu":
+        return to_device(draw(cpu_valid, cpu_rates, gen), device)
+    return draw({m: valid[m] for m in MODALITIES}, cpu_rates.to(device), gen)

@@ -11,7 +11,7 @@ import torch
 
 from fsrf._constants import MODALITIES
 from fsrf.missing._base import BaseMissingness
-from fsrf.missing._checks import check_generator, check_rates, check_unit, check_valid, to_device
+from fsrf.missing._checks import check_unit, checked_draw
 from fsrf.missing._modality_drop import whole_drop, whole_keep
 from fsrf.missing._random_drop import token_keep
 
@@ -45,12 +45,7 @@ class MixedDrop(BaseMissingness):
         generator: torch.Generator,
     ) -> dict[str, torch.Tensor]:
         """See :meth:`BaseMissingness.sample`."""
-        cpu_valid, device = check_valid(valid)
-        cpu_rates = check_rates(rates, int(cpu_valid[MODALITIES[0]].shape[0]))
-        gen = check_generator(generator, device)
-        if gen.device.type == "cpu":
-            return to_device(self.draw(cpu_valid, cpu_rates, gen), device)
-        return self.draw({m: valid[m] for m in MODALITIES}, cpu_rates.to(device), gen)
+        return checked_draw(self.draw, valid, rates, generator)
 
     def draw(
         self,
