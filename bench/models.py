@@ -68,11 +68,13 @@ def _lstm_flops(total: list, module: torch.nn.LSTM, inputs: tuple, output: objec
     total[0] += 3 * 2 * 4 * width * module.hidden_size * steps * directions * module.num_layers
 
 
-def measure(name: str, args: argparse.Namespace, dataset, device: torch.device) -> dict:
+def measure(name: str, args: argparse.Namespace, dataset, device: torch.device, *,
+            overrides: dict | None = None) -> dict:
+    """One model's row; ``overrides`` (e.g. the text input) go on top of its MOSI config."""
     config = with_overrides(load_config(ROOT / "configs" / "mosi.yaml"), {"model.name": name})
     config = with_overrides(config, {
         "data.dataset": "synthetic", "data.path": None, "train.device": str(device),
-        "train.precision": args.precision, "optim.batch_size": 64,
+        "train.precision": args.precision, "optim.batch_size": 64, **(overrides or {}),
     })
     gen = make_generator(config.train.seed)
     with isolated_rng(draw_seed(gen), device):
