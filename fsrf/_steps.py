@@ -21,7 +21,7 @@ from fsrf.data import Batch, MultimodalDataset
 from fsrf.evaluate import mean_row, predict_many
 from fsrf.metrics import regression_metrics
 from fsrf.missing import BaseMissingness, apply_keep, build_simulator, eval_keep, training_rates
-from fsrf.model import BaseModel, TrainBatch, total_loss
+from fsrf.model import BaseModel, EpochInfo, TrainBatch, total_loss
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +95,7 @@ def step_loss(
     *,
     max_rate: float,
     generator: torch.Generator | None = None,
+    index: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Draw the views of one batch, run the model's training step, form the loss (no backward).
 
@@ -103,6 +104,7 @@ def step_loss(
         max_rate: the curriculum's rate.
         generator: the masks' generator (:func:`mask_generator`); the run's generator when None
             (masks drawn on the CPU and moved).
+        index: (B,) the batch's positions in the training split (:attr:`TrainBatch.index`).
     """
     cfg, model, device, gen = ctx.config, ctx.model, ctx.device, ctx.generator
     mask_gen = gen if generator is None else generator
@@ -121,7 +123,8 @@ def step_loss(
     keep = {m: torch.cat([k[m] for k in keeps]) for m in MODALITIES}
     stacked_valid = {m: valid[m].repeat(ctx.views, 1) for m in MODALITIES}
     step_batch = TrainBatch(features=x, valid=stacked_valid, keep=keep, labels=labels, complete=features,
-                            views=ctx.views, task=cfg.train.task_loss)
+                            views=ctx.views, task=cfg.train.task_loss,
+                            index=None if index is None else to_device(index, device))
     with isolated_rng(draw_seed(gen), device), autocast(device, cfg.train.precision):
         step = model.training_step(step_batch)
     return total_loss(step, labels, ctx.weights, task=cfg.train.task_loss)
@@ -159,9 +162,9 @@ def train_epoch(
     sums: dict[str, torch.Tensor] = {}
     seen = 0
     bs = cfg.optim.batch_size
-    for _, batch in split.batches(bs, generator=gen, drop_last=len(split) >= bs):
+    for index, batch in split.batches(bs, generator=gen, drop_last=len(split) >= bs):
         n = len(batch)
-        total, terms = step_loss(ctx, batch, max_rate=max_rate, generator=masks)
+        total, terms = step_loss(ctx, batch, max_rate=max_rate, generator=masks, index=index)
         if check_each_step and not bool(torch.isfinite(torch.stack(list(terms.values()))).all()):
             name, value = next((k, float(v)) for k, v in terms.items() if not math.isfinite(float(v)))
             raise _non_finite(epoch, name, value)
@@ -197,7 +200,8 @@ def warm_up(ctx: EpochContext, compiled: CompiledForward) -> None:
         Exception: the step fails eagerly too (the model's own error, not the compiler's).
     """
     model, split = ctx.model, ctx.dataset.train
-    batch = split.take(torch.arange(min(len(split), ctx.config.optim.batch_size)))
+    index = torch.arange(min(len(split), ctx.config.optim.batch_size))
+    batch = split.take(index)
     buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
     probe = dataclasses.replace(ctx, generator=make_generator(0))
     masks = mask_generator(probe)
@@ -206,7 +210,7 @@ def warm_up(ctx: EpochContext, compiled: CompiledForward) -> None:
 
     def step() -> None:
         try:
-            total, _ = step_loss(probe, batch, max_rate=0.5, generator=masks)
+            total, _ = step_loss(probe, batch, max_rate=0.5, generator=masks, index=index)
             total.backward()
         finally:
             model.zero_grad(set_to_none=True)
@@ -242,3 +246,19 @@ def validate(ctx: EpochContext) -> dict[str, float]:
     out = {rate_key(split_name, r, k): v for r, row in per_rate.items() for k, v in row.items()}
     out.update({robust_key(split_name, k): v for k, v in mean_row(list(per_rate.values())).items()})
     return out
+
+
+def epoch_hook(ctx: EpochContext, *, epoch: int, end: bool) -> None:
+    """Call the model's :meth:`~fsrf.model.BaseModel.on_epoch_start` (or ``on_epoch_end``) for
+    ``epoch`` (0-based): eval mode, no gradients, a random state of its own seeded from
+    ``train.seed`` and the epoch (no draw from the run's generator)."""
+    model, cfg = ctx.model, ctx.config
+    info = EpochInfo(epoch=epoch, epochs=cfg.train.epochs, train=ctx.dataset.train, device=ctx.device,
+                     batch_size=cfg.train.eval_batch_size)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), isolated_rng(cfg.train.seed * 100_003 + 2 * epoch + int(end), ctx.device):
+            (model.on_epoch_end if end else model.on_epoch_start)(info)
+    finally:
+        model.train(was_training)

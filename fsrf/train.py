@@ -49,7 +49,7 @@ from fsrf._device import check_precision, compile_model, resolve_device, run_set
 from fsrf._errors import FSRFError, NonFiniteLossError
 from fsrf._rng import draw_seed, isolated_rng, make_generator
 from fsrf._run_data import check_shapes, load_dataset
-from fsrf._steps import EpochContext, train_epoch, validate, warm_up
+from fsrf._steps import EpochContext, epoch_hook, train_epoch, validate, warm_up
 from fsrf._yaml import atomic_write_text, save_config
 from fsrf.data import MultimodalDataset
 from fsrf.model import build_model
@@ -223,7 +223,9 @@ def _train(
     try:
         for epoch in bar:
             rate = float(curriculum.rate(epoch))
+            epoch_hook(ctx, epoch=epoch, end=False)
             losses = train_epoch(ctx, optimizer, scheduler, epoch=epoch + 1, max_rate=rate)
+            epoch_hook(ctx, epoch=epoch, end=True)
             metrics = validate(ctx)
             if select not in metrics:
                 raise FSRFError(

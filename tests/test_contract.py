@@ -139,3 +139,40 @@ def test_training_logs_its_terms_by_name_and_beats_the_mean_predictor(name: str,
     mean = tiny_dataset.train.labels.mean()
     assert result.best_epoch >= 1
     assert (pred - test.labels).abs().mean() < (mean - test.labels).abs().mean()
+
+
+def test_epoch_hooks_run_around_each_epoch_and_training_batches_carry_their_indices(
+    tmp_path, tiny_dataset, monkeypatch
+) -> None:
+    """on_epoch_start / on_epoch_end bracket every epoch (eval mode, no gradients, from the
+    resumed epoch on); TrainBatch.index names each sample's training-split position; a model
+    that does nothing in the hooks trains exactly as before (the hooks draw from no stream)."""
+    config = with_overrides(_config("plain"), {"train.epochs": 3, "train.checkpoint_every": 1})
+    plain = model_class("plain")
+    baseline = train(config, dataset=tiny_dataset, out_dir=tmp_path / "base", progress=False)
+    calls, seen = [], []
+
+    def start(self, info):
+        calls.append(("start", info.epoch, info.epochs, self.training, torch.is_grad_enabled()))
+
+    def end(self, info):
+        rows = sum(len(i) for i, _, _ in info.batches())
+        calls.append(("end", info.epoch, rows == len(info.train), self.training, torch.is_grad_enabled()))
+
+    def step(self, batch):
+        seen.append(batch.index.clone())
+        return BaseModel.training_step(self, batch)
+
+    monkeypatch.setattr(plain, "on_epoch_start", start)
+    monkeypatch.setattr(plain, "on_epoch_end", end)
+    monkeypatch.setattr(plain, "training_step", step)
+    hooked = train(config, dataset=tiny_dataset, out_dir=tmp_path / "hooked", progress=False)
+    assert calls == [c for e in range(3) for c in (("start", e, 3, False, False), ("end", e, True, False, False))]
+    assert [r["objective"] for r in hooked.history] == [r["objective"] for r in baseline.history]
+    n, bs = len(tiny_dataset.train), config.optim.batch_size
+    first = torch.cat(seen[: n // bs])
+    assert first.dtype == torch.long and len(set(first.tolist())) == len(first) and int(first.max()) < n
+    calls.clear()
+    train(with_overrides(config, {"train.epochs": 4}), dataset=tiny_dataset, out_dir=tmp_path / "hooked",
+          resume_from=tmp_path / "hooked" / "last.pt", progress=False)
+    assert [c[:2] for c in calls] == [("start", 3), ("end", 3)]

@@ -12,6 +12,7 @@ from fsrf.model import zoo as _zoo
 from fsrf.model._base import (
     BaseModel,
     BaseModelConfig,
+    EpochInfo,
     ModelOutput,
     StepOutput,
     TrainBatch,
@@ -34,6 +35,7 @@ __all__ = [
     "FSRF",
     "BaseModel",
     "BaseModelConfig",
+    "EpochInfo",
     "FSRFConfig",
     "FSRFOutput",
     "ModelOutput",

@@ -18,7 +18,7 @@ modalities always in the order text, audio, vision.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -30,6 +30,7 @@ from fsrf._errors import FSRFError
 
 if TYPE_CHECKING:
     from fsrf._config import Config
+    from fsrf.data import Split
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,9 @@ class TrainBatch:
         views: V.
         task: the trainer's task loss, ``l1`` or ``mse`` (``train.task_loss``), for terms of the
             same form (e.g. distilling a prediction).
+        index: (B,) long, each sample's position in the training split, on the run's device
+            (for models that look samples up in a bank built by :meth:`BaseModel.on_epoch_end`);
+            None where a caller has no split (a test's hand-made batch).
     """
 
     features: dict[str, torch.Tensor]
@@ -80,6 +84,33 @@ class TrainBatch:
     complete: dict[str, torch.Tensor]
     views: int
     task: str = "l1"
+    index: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class EpochInfo:
+    """What the trainer tells a model around each training epoch (:meth:`BaseModel.on_epoch_start`
+    and :meth:`BaseModel.on_epoch_end`).
+
+    Attributes:
+        epoch: the epoch's 0-based index (the first epoch of a resumed run is the one it resumes at).
+        epochs: ``train.epochs``, the number of epochs of the run.
+        train: the complete training split (on the CPU, nothing dropped).
+        device: the run's device.
+        batch_size: ``train.eval_batch_size``, for a pass over ``train``.
+    """
+
+    epoch: int
+    epochs: int
+    train: Split
+    device: torch.device
+    batch_size: int
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        """The training split in order, complete, on the device: ``(index, features, valid)`` per batch."""
+        for index, batch in self.train.batches(self.batch_size):
+            yield (index.to(self.device), {m: x.to(self.device) for m, x in batch.features.items()},
+                   {m: v.to(self.device) for m, v in batch.valid.items()})
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +186,25 @@ class BaseModel(nn.Module, abc.ABC):
             features: modality -> (B, T_m, D_m); dropped frames already zero-filled.
             valid: modality -> (B, T_m) bool, False at padding.
             keep: modality -> (B, T_m) bool, False at dropped frames; None = nothing dropped.
+        """
+
+    def on_epoch_start(self, info: EpochInfo) -> None:
+        """Called by the trainer before each training epoch (default: nothing).
+
+        For a model whose training changes with the epoch (a stage switch). The trainer calls it
+        in eval mode, without gradients and under a random state of its own (seeded from
+        ``train.seed`` and the epoch), so a model that does nothing here changes no stream.
+        State that must survive a resume or reach evaluation goes in the state dict (a buffer,
+        or :meth:`torch.nn.Module.get_extra_state`), or is recomputed here from ``info``.
+        """
+
+    def on_epoch_end(self, info: EpochInfo) -> None:
+        """Called by the trainer after each training epoch, before validation (default: nothing).
+
+        For a model that builds something from the training split with the epoch's final weights
+        (a retrieval bank, a similarity matrix): validation, the checkpoint written after it and
+        every evaluation of that checkpoint then read it. Same conditions as
+        :meth:`on_epoch_start`.
         """
 
     def training_views(self) -> int:
