@@ -21,7 +21,7 @@ from fsrf.data import Batch, MultimodalDataset
 from fsrf.evaluate import mean_row, predict_many
 from fsrf.metrics import regression_metrics
 from fsrf.missing import BaseMissingness, apply_keep, build_simulator, eval_keep, training_rates
-from fsrf.model import BaseModel, EpochInfo, TrainBatch, total_loss
+from fsrf.model import BaseModel, EpochInfo, TrainBatch, side_inputs, total_loss
 
 
 @dataclass(frozen=True, eq=False)
@@ -124,7 +124,9 @@ def step_loss(
     stacked_valid = {m: valid[m].repeat(ctx.views, 1) for m in MODALITIES}
     step_batch = TrainBatch(features=x, valid=stacked_valid, keep=keep, labels=labels, complete=features,
                             views=ctx.views, task=cfg.train.task_loss,
-                            index=None if index is None else to_device(index, device))
+                            index=None if index is None else to_device(index, device),
+                            extras=side_inputs(model, {k: to_device(x, device) for k, x in batch.extras.items()}
+                                               ).get("extras", {}))
     with isolated_rng(draw_seed(gen), device), autocast(device, cfg.train.precision):
         step = model.training_step(step_batch)
     return total_loss(step, labels, ctx.weights, task=cfg.train.task_loss)

@@ -28,7 +28,7 @@ from fsrf._yaml import atomic_write_text
 from fsrf.data import Split
 from fsrf.metrics import regression_metrics
 from fsrf.missing import apply_keep, eval_keep, pattern_keep
-from fsrf.model import BaseModel
+from fsrf.model import BaseModel, side_inputs
 
 AVERAGE = "Average"
 
@@ -83,6 +83,7 @@ def predict_many(
         features = {m: to_device(f, device) for m, f in batch.features.items()}
         valid = {m: to_device(v, device) for m, v in batch.valid.items()}
         on_device = to_device(index, device)  # slices masks kept on the device, without a blocking copy
+        side = side_inputs(model, {k: to_device(x, device) for k, x in batch.extras.items()})
         for out, keep in zip(preds, keeps):
             x, kept = features, None
             if keep is not None:
@@ -90,7 +91,7 @@ def predict_many(
                         for m, k in keep.items()}
                 x = apply_keep(features, kept)
             with autocast(device, precision):
-                out.append(model(x, valid, keep=kept).pred.float())
+                out.append(model(x, valid, keep=kept, **side).pred.float())
     model.train(was_training)
     return [torch.cat(out).cpu() for out in preds]
 

@@ -176,3 +176,26 @@ def test_epoch_hooks_run_around_each_epoch_and_training_batches_carry_their_indi
     train(with_overrides(config, {"train.epochs": 4}), dataset=tiny_dataset, out_dir=tmp_path / "hooked",
           resume_from=tmp_path / "hooked" / "last.pt", progress=False)
     assert [c[:2] for c in calls] == [("start", 3), ("end", 3)]
+
+
+def test_side_inputs_travel_with_their_samples_and_reach_only_models_that_read_them(tiny_dataset, monkeypatch) -> None:
+    """Split.extras are sliced with the samples, shipped through the object-store arrays, repeated
+    per view for a model that names them in ``extras``, and a missing one is a one-line error."""
+    from fsrf.data import Split
+    from fsrf.model import side_inputs
+    from tuning._shared_data import from_arrays, to_arrays
+
+    split = tiny_dataset.train
+    domain = torch.arange(len(split)) % 3
+    with_side = Split(features=split.features, valid=split.valid, labels=split.labels, ids=split.ids,
+                      extras={"domain": domain})
+    batch = with_side.take(torch.tensor([4, 1]))
+    assert batch.extras["domain"].tolist() == [1, 1] and split.take(torch.tensor([0])).extras == {}
+    shipped = from_arrays(to_arrays(dataclasses.replace(tiny_dataset, train=with_side), splits=("train",)))
+    assert torch.equal(shipped.train.extras["domain"], domain)
+    model = _build(_config("plain"))
+    assert side_inputs(model, batch.extras) == {}  # plain reads none: nothing passed
+    monkeypatch.setattr(type(model), "extras", ("domain",))
+    assert side_inputs(model, batch.extras, views=2)["extras"]["domain"].tolist() == [1, 1, 1, 1]
+    with pytest.raises(FSRFError, match=r"model 'plain' reads side input\(s\) domain that the data do not hold"):
+        side_inputs(model, {})

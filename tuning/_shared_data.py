@@ -44,6 +44,7 @@ def to_arrays(dataset: MultimodalDataset, *, splits: tuple[str, ...] = TRIAL_SPL
             "valid": {m: split.valid[m].numpy() for m in MODALITIES},
             "labels": split.labels.numpy(),
             "ids": list(split.ids),
+            "extras": {k: x.numpy() for k, x in split.extras.items()},
         }
     return out
 
@@ -67,6 +68,7 @@ def from_arrays(arrays: dict[str, Any]) -> MultimodalDataset:
             valid={m: _tensor(arrays[name]["valid"][m]) for m in MODALITIES},
             labels=_tensor(arrays[name]["labels"]),
             ids=tuple(arrays[name]["ids"]),
+            extras={k: _tensor(x) for k, x in arrays[name].get("extras", {}).items()},
         ) if name in arrays else None
         for name in ALL_SPLITS
     }

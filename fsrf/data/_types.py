@@ -8,7 +8,7 @@ vision everywhere (see :data:`fsrf.MODALITIES`).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -24,11 +24,13 @@ class Batch:
         features: modality -> (B, T_m, D_m) float32.
         valid: modality -> (B, T_m) bool, True at real (non-padding) positions.
         labels: (B,) float32 regression labels.
+        extras: side inputs by name, each (B, ...) (see :attr:`Split.extras`).
     """
 
     features: dict[str, torch.Tensor]
     valid: dict[str, torch.Tensor]
     labels: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -39,6 +41,7 @@ class Batch:
             features={m: x.to(device, non_blocking=True) for m, x in self.features.items()},
             valid={m: v.to(device, non_blocking=True) for m, v in self.valid.items()},
             labels=self.labels.to(device, non_blocking=True),
+            extras={k: x.to(device, non_blocking=True) for k, x in self.extras.items()},
         )
 
 
@@ -51,12 +54,16 @@ class Split:
         valid: modality -> (N, T_m) bool, True at real (non-padding) positions.
         labels: (N,) float32.
         ids: N sample ids (``video_id$_$clip_id`` in MMSA files).
+        extras: per-sample side inputs that are not a modality, by name, each (N, ...) (e.g. a
+            prompt's token ids, a sample's domain); a model names those it reads in
+            :attr:`fsrf.model.BaseModel.extras`. Empty for plain MMSA data.
     """
 
     features: dict[str, torch.Tensor]
     valid: dict[str, torch.Tensor]
     labels: torch.Tensor
     ids: tuple[str, ...]
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -67,6 +74,7 @@ class Split:
             features={m: self.features[m].index_select(0, index) for m in MODALITIES},
             valid={m: self.valid[m].index_select(0, index) for m in MODALITIES},
             labels=self.labels.index_select(0, index),
+            extras={k: x.index_select(0, index) for k, x in self.extras.items()},
         )
 
     def batches(

@@ -21,6 +21,7 @@ from fsrf.model._base import (
     model_config_class,
     model_names,
     register_model,
+    side_inputs,
     task_loss,
     total_loss,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "model_names",
     "read_text_model",
     "register_model",
+    "side_inputs",
     "task_loss",
     "total_loss",
 ]

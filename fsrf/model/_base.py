@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
@@ -72,6 +72,8 @@ class TrainBatch:
         views: V.
         task: the trainer's task loss, ``l1`` or ``mse`` (``train.task_loss``), for terms of the
             same form (e.g. distilling a prediction).
+        extras: the side inputs the model names in :attr:`BaseModel.extras`, each (B, ...) on the
+            run's device (one per sample, not repeated per view).
         index: (B,) long, each sample's position in the training split, on the run's device
             (for models that look samples up in a bank built by :meth:`BaseModel.on_epoch_end`);
             None where a caller has no split (a test's hand-made batch).
@@ -85,6 +87,7 @@ class TrainBatch:
     views: int
     task: str = "l1"
     index: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,11 +135,14 @@ class BaseModel(nn.Module, abc.ABC):
 
     Class attributes (shown by ``fsrf models``): ``name``; ``config_class``; ``paper`` (the
     reference); ``faithful`` (what follows the paper); ``deviations`` (what is reconstructed
-    or changed, and why).
+    or changed, and why); ``extras``: the side inputs (:attr:`fsrf.data.Split.extras`) the
+    model reads. A model with extras takes them as ``forward(..., extras=)`` (name -> (B, ...));
+    every caller passes them, and only to such a model.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[BaseModelConfig]]
+    extras: ClassVar[tuple[str, ...]] = ()
     paper: ClassVar[str] = ""
     faithful: ClassVar[str] = ""
     deviations: ClassVar[str] = ""
@@ -186,6 +192,8 @@ class BaseModel(nn.Module, abc.ABC):
             features: modality -> (B, T_m, D_m); dropped frames already zero-filled.
             valid: modality -> (B, T_m) bool, False at padding.
             keep: modality -> (B, T_m) bool, False at dropped frames; None = nothing dropped.
+
+        A model with :attr:`extras` adds ``extras: dict[str, torch.Tensor] | None = None``.
         """
 
     def on_epoch_start(self, info: EpochInfo) -> None:
@@ -214,10 +222,28 @@ class BaseModel(nn.Module, abc.ABC):
     def training_step(self, batch: TrainBatch) -> StepOutput:
         """Forward the views and compute the model's own loss terms (run under the trainer's autocast).
 
-        The default runs :meth:`forward` on the stacked views and adds no term.
+        The default runs :meth:`forward` on the stacked views (side inputs repeated per view)
+        and adds no term.
         """
-        out = self(batch.features, batch.valid, keep=batch.keep)
+        out = self(batch.features, batch.valid, keep=batch.keep,
+                   **side_inputs(self, batch.extras, views=batch.views))
         return StepOutput(preds=[p.float() for p in out.pred.chunk(batch.views)], terms={})
+
+
+def side_inputs(model: BaseModel, extras: Mapping[str, torch.Tensor], *, views: int = 1) -> dict[str, Any]:
+    """The keyword arguments that hand ``model`` its side inputs: ``{}`` for a model without
+    :attr:`BaseModel.extras`, else ``{"extras": {name: (views*B, ...)}}``.
+
+    Raises:
+        FSRFError: a side input the model reads is not in ``extras`` (one line naming it).
+    """
+    if not model.extras:
+        return {}
+    missing = [k for k in model.extras if k not in extras]
+    if missing:
+        raise FSRFError(f"model {model.name!r} reads side input(s) {', '.join(missing)} that the data do not "
+                        f"hold (present: {', '.join(extras) or 'none'})")
+    return {"extras": {k: extras[k].repeat(views, *([1] * (extras[k].dim() - 1))) for k in model.extras}}
 
 
 def task_loss(pred: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
