@@ -48,8 +48,10 @@ from typing import Any
 import yaml
 
 from fsrf import Config, FSRFError, config_to_dict, load_config, model_names, save_config, with_overrides
+from fsrf._constants import TEXT_PROTOCOLS
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text, read_yaml
+from fsrf.evaluate import protocol_line
 
 SPEC_FILE = "compare.json"
 SPACES = Path(__file__).resolve().parents[1] / "tuning" / "spaces"
@@ -293,7 +295,23 @@ def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str]) -> d
                     "mean_diff": statistics.fmean(diffs), "sd_diff": statistics.stdev(diffs), "t": t, "p": p,
                     "n": len(diffs)}
     table["metrics"] = metrics
+    table["text_protocol"] = {model: _text_protocol(runs[model]) for model in models}
     return table
+
+
+def _text_protocol(runs: Sequence[dict[str, Any]]) -> str:
+    """The seeds' text protocol (results written before the field existed used features)."""
+    found = {r.get("text_protocol", TEXT_PROTOCOLS["features"]) for r in runs}
+    return found.pop() if len(found) == 1 else "mixed"
+
+
+def _protocol_lines(table: dict[str, Any], models: Sequence[str]) -> list[str]:
+    """The line(s) under a table saying how each model's missing text was simulated."""
+    protocols = table.get("text_protocol", {})
+    found = {protocols.get(m, TEXT_PROTOCOLS["features"]) for m in models}
+    if len(found) == 1:
+        return [protocol_line(found.pop())]
+    return [f"{m}: {protocol_line(protocols.get(m, TEXT_PROTOCOLS['features']))}" for m in models]
 
 
 def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[int], title: str) -> str:
@@ -307,7 +325,7 @@ def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[in
             cells = [f"{table[key][m][label][x]['mean']:.4f} ± {table[key][m][label][x]['sd']:.4f}"
                      for m in models for x in metrics]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += ["", *_protocol_lines(table, models), ""]
     n = len(seeds)
     lines += [f"## Paired differences against {models[0]}", "",
               f"Average rows, other − {models[0]} per seed; two-sided paired t-test, n = {n} seeds.", "",
@@ -320,11 +338,13 @@ def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[in
 
 
 def to_csv(table: dict[str, Any], models: Sequence[str]) -> str:
-    rows = ["protocol,condition,model,metric,mean,sd"]
+    rows = ["protocol,condition,model,metric,mean,sd,text_protocol"]
+    protocols = table.get("text_protocol", {})
     for key in ("random", "patterns"):
         for model in models:
+            text = protocols.get(model, TEXT_PROTOCOLS["features"])
             for label, metrics in table[key][model].items():
-                rows += [f"{key},{label},{model},{m},{v['mean']!r},{v['sd']!r}" for m, v in metrics.items()]
+                rows += [f"{key},{label},{model},{m},{v['mean']!r},{v['sd']!r},{text}" for m, v in metrics.items()]
     return "\n".join(rows) + "\n"
 
 

@@ -34,7 +34,7 @@ from fsrf._device import resolve_device
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
 from fsrf.data import MultimodalDataset
-from fsrf.evaluate import RobustnessTable, modality_pattern_table, random_missing_table
+from fsrf.evaluate import RobustnessTable, modality_pattern_table, protocol_line, random_missing_table
 from fsrf.model import build_model
 
 
@@ -57,7 +57,8 @@ def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 111
     common = {"dataset": dataset.name, "batch_size": cfg.train.eval_batch_size, "device": device}
     random_rows = random_missing_table(model, dataset.split("test"), split_name="test", seed=eval_seed, **common).rows
     pattern_rows = modality_pattern_table(model, dataset.split("test"), **common).rows
-    return {"seed": seed, "best_epoch": result.best_epoch, "random": random_rows, "patterns": pattern_rows}
+    return {"seed": seed, "best_epoch": result.best_epoch, "text_protocol": cfg.data.text_protocol(),
+            "random": random_rows, "patterns": pattern_rows}
 
 
 def check_gpus_per_run(gpus: float) -> float:
@@ -220,13 +221,13 @@ def run_final(config: Config, seeds: Sequence[int], out: Path, *, parallel: str 
     report = (
         f"# Final results: {config.data.dataset}, test split, seeds {', '.join(map(str, seeds))}\n\n"
         f"Mean ± standard deviation over seeds; accuracies and F1 in %; text protocol: {protocol}.\n\n"
-        "## Random missing rates\n\n" + to_markdown(random_table, random_std)
-        + "\n## Whole-modality missing\n\n" + to_markdown(pattern_table, pattern_std)
+        "## Random missing rates\n\n" + to_markdown(random_table, random_std) + f"\n{protocol_line(protocol)}\n"
+        + "\n## Whole-modality missing\n\n" + to_markdown(pattern_table, pattern_std) + f"\n{protocol_line(protocol)}\n"
     )
     atomic_write_text(out / "final.md", report)
     for stem, table, spread in ((RANDOM_TABLE, random_table, random_std), (PATTERN_TABLE, pattern_table, pattern_std)):
         table.write(out, f"{stem}_mean")
-        RobustnessTable(f"{table.title} (std)", spread).write(out, f"{stem}_std")
+        RobustnessTable(f"{table.title} (std)", spread, protocol).write(out, f"{stem}_std")
     atomic_write_text(out / "runs.json", json.dumps(runs, indent=2, default=float))
     return {"runs": runs, "markdown": report}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis import _figures as fig
+from analysis._export import run_overrides
 from analysis._importance import EVALUATORS, importance_table, study_from_tables
 from analysis._leaderboard import (
     check_metric,
@@ -25,9 +26,12 @@ from analysis._leaderboard import (
     status_counts,
 )
 from analysis._load import Experiment, load_experiment
-from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, direction, rate_key, robust_key
+from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, TEXT_PROTOCOLS, direction, rate_key, robust_key
 from fsrf._errors import FSRFError
 from fsrf._yaml import atomic_write_text
+from fsrf.evaluate import protocol_line
+from tuning.space import load_space
+from tuning.store import CONFIG_PREFIX
 
 INDEX = "index.html"
 LEADERBOARD_CSV = "leaderboard.csv"
@@ -103,6 +107,24 @@ def _csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str]) -> None
     atomic_write_text(path, frame.to_csv(index=False))
 
 
+def _text_protocol(exp: Experiment) -> str:
+    """How the search's missing text was simulated: each trial's ``data.text_input`` as searched,
+    overridden (``--set``) or given by the space's base config (features when none is known)."""
+    column = CONFIG_PREFIX + "data.text_input"
+    found = set(exp.trials.column(column).to_pylist()) - {None} if column in exp.trials.column_names else set()
+    if not found:
+        overridden = run_overrides(exp.options).get("data.text_input")
+        if overridden is not None:
+            found = {overridden}
+        elif exp.space is not None:
+            try:
+                found = {load_space(exp.space).base.data.text_input}
+            except FSRFError:  # a space that no longer loads: the report still renders
+                found = set()
+    protocols = {TEXT_PROTOCOLS[v] for v in found if v in TEXT_PROTOCOLS} or {TEXT_PROTOCOLS["features"]}
+    return protocols.pop() if len(protocols) == 1 else "mixed"
+
+
 def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, mode: str | None,
                         top: int) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     check_metric(exp, metric)
@@ -154,18 +176,19 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
     ]
     counts = status_counts(exp)
     errors = error_messages(exp)
+    protocol = _text_protocol(exp)
     parts = [f'<h2 id="{html.escape(slug)}">{html.escape(exp.name)}</h2>',
              f'<p class="note">store: <code>{html.escape(exp.path)}</code> · trials: '
              + html.escape(", ".join(f"{n} {s.lower()}" for s, n in counts.items())) + "</p>",
              f"<h3>Leaderboard: top {len(board)} by {html.escape(metric)} ({mode}, best over epochs)</h3>",
-             _table(board),
+             _table(board), f'<p class="note">{html.escape(protocol_line(protocol))}</p>',
              "<h3>Parameter importance (fANOVA, PED-ANOVA; normalised to sum 1)</h3>", _table(imp)]
     if errors:
         parts += ["<h3>Errors</h3>", _table([{"trial_id": t, "error": m} for t, m in errors.items()])]
     for caption, path in figures:
         name = html.escape(path.name)
         parts.append(f'<h3>{html.escape(caption)}</h3><img src="{name}" alt="{html.escape(caption)}">')
-    lb_rows = [{"experiment": exp.name, **r} for r in board]
+    lb_rows = [{"experiment": exp.name, **r, "text_protocol": protocol} for r in board]
     imp_rows = [{"experiment": exp.name, **r} for r in imp]
     return "\n".join(parts), lb_rows, imp_rows
 

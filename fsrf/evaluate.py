@@ -122,14 +122,17 @@ class RobustnessTable:
         widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
         lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in [header, *body]]
         lines.insert(1, "  ".join("-" * w for w in widths))
+        if self.text_protocol is not None:
+            lines.append(protocol_line(self.text_protocol))
         return "\n".join(lines)
 
     def to_csv(self) -> str:
         buf = io.StringIO()
         writer = csv.writer(buf)
-        writer.writerow([self.title, *self.metric_names()])
+        protocol = [] if self.text_protocol is None else [self.text_protocol]
+        writer.writerow([self.title, *self.metric_names(), *(["text_protocol"] if protocol else [])])
         for label, row in self.rows.items():
-            writer.writerow([label, *(repr(float(v)) for v in row.values())])
+            writer.writerow([label, *(repr(float(v)) for v in row.values()), *protocol])
         return buf.getvalue()
 
     def to_json(self) -> str:
@@ -144,6 +147,17 @@ class RobustnessTable:
         atomic_write_text(paths[0], self.to_json())
         atomic_write_text(paths[1], self.to_csv())
         return paths
+
+
+def protocol_line(protocol: str) -> str:
+    """The line under every results table that says how missing text was simulated."""
+    if protocol == "mixed":
+        return "text protocol: mixed (some runs dropped precomputed feature rows, some token ids)"
+    if protocol == TEXT_PROTOCOLS["features"]:
+        return ("text protocol: features-approx (rows of precomputed BERT features dropped; the kept rows still "
+                "encode the dropped words, so text robustness is overstated: data.text_input: tokens runs the "
+                "MMSA/LNLN token protocol)")
+    return "text protocol: tokens (dropped token ids -> [UNK] before BERT, as MMSA/LNLN)"
 
 
 def _fmt(value: float, digits: int) -> str:

@@ -41,6 +41,8 @@ def test_train_then_evaluate(tiny_yaml: Path, tmp_path: Path, capsys: pytest.Cap
     assert table["text_protocol"] == patterns["text_protocol"] == "features-approx"  # data.text_input: features
     csv_lines = (out / "eval-test" / "robustness_random.csv").read_text().splitlines()
     assert csv_lines[0].startswith("missing rate,Has0_acc_2") and len(csv_lines) == 12
+    assert csv_lines[0].endswith(",text_protocol") and all(r.endswith(",features-approx") for r in csv_lines[1:])
+    assert text.count("text protocol: features-approx (rows of precomputed BERT features dropped") == 2
     # same masks, same numbers: evaluation is a pure function of (seed, rate, split)
     first = (out / "eval-test" / "robustness_random.json").read_text()
     assert main(["evaluate", "--checkpoint", str(out / "best.pt")]) == 0

@@ -42,7 +42,10 @@ def test_compare_two_models_without_search_writes_one_table_and_resumes(tiny_yam
     assert paired["n"] == 2 and paired["mean_diff"] == pytest.approx(sum(diffs) / 2)
     text = (out / "compare.md").read_text()
     assert "paired t-test, n = 2 seeds" in text and "| 0.0 |" in text
-    assert (out / "compare.csv").read_text().startswith("protocol,condition,model,metric,mean,sd")
+    assert (out / "compare.csv").read_text().startswith("protocol,condition,model,metric,mean,sd,text_protocol")
+    assert text.count("text protocol: features-approx") == 2  # under both tables
+    assert table["text_protocol"] == {"fsrf": "features-approx", "plain": "features-approx"}
+    assert {r["text_protocol"] for rs in runs.values() for r in rs} == {"features-approx"}
     assert (out / "compare.png").stat().st_size > 0
     # a second run redoes nothing; a seed whose result was lost (an interruption) is trained again
     done = {p: p.stat().st_mtime_ns for p in out.glob("*/final/seed-*/result.json")}

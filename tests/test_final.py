@@ -33,6 +33,8 @@ def test_final_writes_the_published_table(tmp_path: Path, capsys: pytest.Capture
     std = json.loads((out / "robustness_random_std.json").read_text())["rows"]
     assert list(mean) == [f"{0.1 * i:.1f}" for i in range(10)] + ["Average"]
     runs = json.loads((out / "runs.json").read_text())
+    assert {r["text_protocol"] for r in runs} == {"features-approx"}
+    assert text.count("text protocol: features-approx (rows") == 2  # a line under each table
     maes = [r["random"]["0.3"]["MAE"] for r in runs]
     assert mean["0.3"]["MAE"] == pytest.approx(sum(maes) / 2)
     assert std["0.3"]["MAE"] == pytest.approx(abs(maes[0] - maes[1]) / 2 ** 0.5)

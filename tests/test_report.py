@@ -95,6 +95,8 @@ def test_csv_tables_parse(report: Path) -> None:
     assert list(board["rank"]) == [1, 2, 3, 4, 5]
     assert board["value"].is_monotonic_increasing  # MAE objective: min
     assert {"experiment", "trial_id", "status", "epochs", "optim.lr", "curriculum.kind"} <= set(board.columns)
+    assert set(board["text_protocol"]) == {"features-approx"}  # the stores' searches ran on features
+    assert "text protocol: features-approx" in report.read_text(encoding="utf-8")
     imp = pd.read_csv(report.parent / IMPORTANCE_CSV)
     assert {"experiment", "param", "fanova", "ped-anova", "rank"} <= set(imp.columns)
     assert imp.iloc[0]["param"] == "optim.lr"
