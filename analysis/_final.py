@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fsrf import Config, FSRFError, load_checkpoint, load_config, train, with_overrides
+from fsrf import Config, FSRFError, load_checkpoint, load_config, load_weights, train, with_overrides
 from fsrf._constants import PATTERN_TABLE, RANDOM_TABLE
 from fsrf._device import resolve_device
 from fsrf._run_data import load_dataset
@@ -52,7 +52,7 @@ def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 111
     state = load_checkpoint(run_dir / "best.pt")
     device = resolve_device(cfg.train.device)
     model = build_model(cfg)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, source=str(run_dir / "best.pt"))
     model.to(device)
     common = {"dataset": dataset.name, "batch_size": cfg.train.eval_batch_size, "device": device}
     random_rows = random_missing_table(model, dataset.split("test"), split_name="test", seed=eval_seed, **common).rows

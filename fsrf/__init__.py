@@ -9,6 +9,7 @@ Example:
     >>> result = train(Config(), out_dir="runs/demo")      # doctest: +SKIP
 """
 
+from fsrf._checkpoint import load_checkpoint, load_weights
 from fsrf._config import (
     Config,
     CurriculumConfig,
@@ -23,9 +24,8 @@ from fsrf._config import (
 )
 from fsrf._constants import EVAL_RATES, MISSING_PATTERNS, MODALITIES, OBJECTIVE
 from fsrf._errors import FSRFError, NonFiniteLossError
-from fsrf._yaml import dump_config, load_config, save_config
-from fsrf._checkpoint import load_checkpoint
 from fsrf._run_data import load_dataset
+from fsrf._yaml import dump_config, load_config, save_config
 from fsrf.model import (
     FSRF,
     BaseModel,
@@ -39,26 +39,25 @@ from fsrf.model import (
 from fsrf.train import Report, TrainResult, train
 
 __all__ = [
+    "EVAL_RATES",
+    "FSRF",
+    "MISSING_PATTERNS",
+    "MODALITIES",
+    "OBJECTIVE",
     "BaseModel",
     "BaseModelConfig",
     "Config",
     "CurriculumConfig",
     "DataConfig",
-    "EVAL_RATES",
-    "FSRF",
     "FSRFConfig",
     "FSRFError",
     "FSRFOutput",
-    "MISSING_PATTERNS",
-    "MODALITIES",
     "MissingConfig",
     "NonFiniteLossError",
-    "OBJECTIVE",
     "OptimConfig",
     "PlainConfig",
     "Report",
     "TrainConfig",
-    "load_dataset",
     "TrainResult",
     "build_model",
     "config_from_dict",
@@ -67,6 +66,8 @@ __all__ = [
     "flatten_config",
     "load_checkpoint",
     "load_config",
+    "load_dataset",
+    "load_weights",
     "model_names",
     "save_config",
     "train",

@@ -55,7 +55,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _restore(args: argparse.Namespace) -> tuple:
     """(state, config, dataset, model on its device, device) of ``--checkpoint`` (and ``--data``)."""
-    from fsrf._checkpoint import checkpoint_config, load_checkpoint
+    from fsrf._checkpoint import checkpoint_config, load_checkpoint, load_weights
     from fsrf._config import with_overrides
     from fsrf._device import resolve_device
     from fsrf._run_data import load_dataset
@@ -68,7 +68,7 @@ def _restore(args: argparse.Namespace) -> tuple:
     device = resolve_device(args.device)
     dataset = load_dataset(config.data)
     model = build_model(config)
-    model.load_state_dict(state["model"])
+    load_weights(model, state, source=str(args.checkpoint))
     model.to(device)
     return state, config, dataset, model, device
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from fsrf._checkpoint import checkpoint_config, load_checkpoint, save_checkpoint
+from fsrf._checkpoint import checkpoint_config, load_checkpoint, load_weights, save_checkpoint
 from fsrf._config import Config, config_to_dict, flatten_config
 from fsrf._constants import (
     BEST_CHECKPOINT,
@@ -197,7 +197,7 @@ def _train(
     if resume_from is not None:
         state = load_checkpoint(resume_from)
         _check_resume_config(config, checkpoint_config(state, source=str(resume_from)), str(resume_from))
-        model.load_state_dict(state["model"])
+        load_weights(model, state, source=str(resume_from))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         curriculum.load_state_dict(state["curriculum"])

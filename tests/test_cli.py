@@ -7,10 +7,11 @@ import pickle
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from tests_support import TINY
 
 from fsrf.cli import main
-from tests_support import TINY
 
 
 @pytest.fixture()
@@ -100,3 +101,27 @@ def test_real_dataset_without_data_path(tmp_path: Path, capsys: pytest.CaptureFi
     config = Path(__file__).resolve().parents[1] / "configs" / "mosi.yaml"
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
     assert "--data" in _error_line(capsys)
+
+
+def test_a_checkpoint_with_foreign_objects_is_refused_in_one_whole_sentence(tmp_path: Path, capsys) -> None:
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "x", "payload": Path("/etc/passwd")}, evil)  # a pickled object beyond tensors
+    assert main(["evaluate", "--checkpoint", str(evil)]) == 2
+    line = _error_line(capsys)
+    assert "evil.pt: refused: the file holds Python objects beyond tensors" in line
+    assert line.endswith("so it was not written by fsrf or was altered")  # a whole sentence, not cut
+
+
+def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_one_line_error(
+    tiny_yaml: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(tiny_yaml), "--out", str(out), "--quiet"]) == 0
+    state = torch.load(out / "best.pt", weights_only=True)
+    key = next(k for k, v in state["model"].items() if v.dim() == 2)
+    state["model"][key] = torch.zeros(3, 3)
+    torch.save(state, out / "edited.pt")
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "edited.pt")]) == 2
+    line = _error_line(capsys)
+    assert f"edited.pt: the weights do not fit the model its stored config builds (1 tensor(s) of another shape, e.g. {key} (3, 3) in the file" in line

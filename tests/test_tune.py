@@ -260,3 +260,32 @@ def test_a_resume_whose_recorded_checkpoints_are_gone_trains_those_trials_again(
     pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
     assert sorted(pairs) == sorted((t, i) for t in trials.column("trial_id").to_pylist() for i in (1, 2, 3))
     assert results.column("iteration").to_pylist() == [int(e) for e in results.column("epoch").to_pylist()]
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--grace-period", "-1"], "--grace-period: -1 must be >= 1"),
+    (["--reduction-factor", "1"], "--reduction-factor: 1 must be >= 2"),
+    (["--num-cpus", "-1"], "--num-cpus: -1 must be >= 1"),
+    (["--num-cpus", "0"], "--num-cpus: 0 must be >= 1"),
+    (["--max-failures", "-5"], "--max-failures: -5 must be >= 0"),
+    (["--max-epochs", "-3"], "--max-epochs: -3 must be >= 1"),
+    (["--name", "../escape"], "--name: '../escape' must be a plain folder name under --storage"),
+])
+def test_bad_flags_are_one_line_errors_before_ray_starts(tmp_path: Path, capsys, args, needle) -> None:
+    from tuning.cli import main
+
+    assert main([*args, "--storage", str(tmp_path / "store")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "store").exists() and not (tmp_path / "escape").exists()  # nothing written
+
+
+def test_a_storage_that_is_a_file_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    from tuning.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for storage, needle in ((afile, "is a file, expected a directory"), (afile / "sub", "lies under a file")):
+        assert main(["--storage", str(storage)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--storage: {storage} {needle}" in err[0], err

@@ -85,6 +85,7 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
             raise FSRFError(f"--{flag.replace('_', '-')}: {getattr(args, flag)} must be >= 1")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise FSRFError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    _check_flags(args, name)
     values = dict(
         space=space, name=name, storage=args.storage, data=data, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -100,6 +101,28 @@ def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
                 values[key] = value
         values["overrides"] = _smoke_overrides(space) + tuple(args.set)
     return SearchOptions(**values)
+
+
+def _check_flags(args: argparse.Namespace, name: str) -> None:
+    """Each numeric flag in its range and ``--name``/``--storage`` usable, before Ray starts.
+
+    Raises:
+        FSRFError: one line naming the flag, the value and what was expected.
+    """
+    at_least = {"num_cpus": 1, "max_epochs": 1, "grace_period": 1, "reduction_factor": 2, "max_failures": 0}
+    for flag, low in at_least.items():
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            raise FSRFError(f"--{flag.replace('_', '-')}: {value} must be >= {low}"
+                            + (" (each rung keeps 1/reduction-factor of the trials)" if flag == "reduction_factor" else ""))
+    if name in ("", ".", "..") or "/" in name or "\\" in name or name.startswith("~"):
+        raise FSRFError(f"--name: {name!r} must be a plain folder name under --storage (no '/', '..' or '~')")
+    if "://" not in args.storage:
+        storage = Path(args.storage).expanduser()
+        if storage.exists() and not storage.is_dir():
+            raise FSRFError(f"--storage: {storage} is a file, expected a directory (created if missing)")
+        if any(parent.exists() and not parent.is_dir() for parent in storage.parents):
+            raise FSRFError(f"--storage: {storage} lies under a file, expected a directory path")
 
 
 def _smoke_overrides(space: str) -> tuple[str, ...]:
