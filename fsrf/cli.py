@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(see fsrf compare --help)")
     sub.add_parser("store", help="check or repair a search's trial store: quarantine damaged files, recover "
                    "lost rows from Tune's result files (see fsrf store --help)")
+    sub.add_parser("cluster", help="check a Ray cluster-launcher YAML before `ray up`: Ray's schema, this "
+                   "project's invariants, placeholders, addresses, the key file (see fsrf cluster --help)")
 
     p = sub.add_parser("train", help="train a model; model selection on validation only")
     p.add_argument("--config", type=Path, default=None, help="config YAML (default: built-in synthetic defaults)")
@@ -194,6 +196,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tuning._store_repair import main as store_main
 
         return store_main(argv[1:])
+    if argv[:1] == ["cluster"]:  # cluster YAML check (tuning/_cluster.py; Ray's schema, no cluster started)
+        from tuning._cluster import main as cluster_main
+
+        return cluster_main(argv[1:])
     if argv[:1] in (["analyze"], ["export"]):  # the trial store's readers (analysis/cli.py)
         from analysis.cli import main as analysis_main
 

@@ -1,54 +1,23 @@
-"""Every cluster YAML passes Ray's own config preparation and schema validation, plus our invariants."""
+"""Every cluster YAML passes Ray's own config preparation and schema validation, plus our invariants
+(``fsrf cluster check``, tuning/_cluster.py), and a filled-in file's mistakes are one-line errors."""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 import yaml
-from ray.autoscaler._private.util import prepare_config, validate_config
+
+from fsrf import FSRFError
+from tuning._cluster import check_cluster_config as _check
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 CONFIGS = sorted(CLUSTER_DIR.glob("*.yaml"))
-PINNED = ('"ray[tune]==2.60.0"', '"optuna==5.0.0"', '"pyarrow==26.0.1"')
 
 
 def check_cluster_config(raw: dict) -> dict:
-    """Ray's preparation and validation (as `ray up` does, minus cloud calls) and the project's rules.
-
-    Raises:
-        ValueError: naming the offending key.
-    """
-    try:
-        config = prepare_config(copy.deepcopy(raw))
-        validate_config(config)
-    except Exception as err:  # jsonschema's ValidationError, RuntimeError, ValueError
-        raise ValueError(f"ray validation: {str(err).splitlines()[0]}") from None
-    for name, node in config.get("available_node_types", {}).items():
-        if "gpu" in name.lower() and node.get("resources", {}).get("GPU", 0) < 1:
-            raise ValueError(f"available_node_types.{name}.resources: a GPU node type must declare GPU >= 1")
-    setup = "\n".join(config.get("setup_commands", []))
-    for pin in PINNED:
-        if pin not in setup:
-            raise ValueError(f"setup_commands: must install the pinned {pin}")
-    if "fsrf-tune" not in setup or "pip install" not in setup:
-        raise ValueError("setup_commands: must pip-install this project (~/fsrf-tune)")
-    mounts = config.get("file_mounts", {})
-    if "." not in mounts.values():
-        raise ValueError("file_mounts: must upload this repository ('.'); ray submit uploads only the script")
-    head = " ".join(config.get("head_start_ray_commands", []))
-    if "--dashboard-host=127.0.0.1" not in head:
-        raise ValueError("head_start_ray_commands: the dashboard must stay on 127.0.0.1 (--dashboard-host=127.0.0.1)")
-    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
-        starts = [c for c in config.get(key, []) if "ray start" in c]
-        if not starts or not all("RAY_AUTH_MODE=token" in c for c in starts):
-            raise ValueError(f"{key}: every `ray start` must run with RAY_AUTH_MODE=token")
-    text = yaml.safe_dump(raw).lower()
-    for secret in ("aws_secret_access_key", "aws_access_key_id", "password", "-----begin"):
-        if secret in text:
-            raise ValueError(f"{secret}: no credentials in a cluster file")
-    return config
+    """The shipped templates' check (placeholders allowed), as ``fsrf cluster check --template`` runs it."""
+    return _check(raw, path="<test>", template=True)
 
 
 def test_both_launcher_configs_are_shipped() -> None:
@@ -84,6 +53,68 @@ def test_aws_config_scales_gpu_workers_from_zero() -> None:
 def test_broken_configs_name_the_key(mutate, named: str) -> None:
     raw = yaml.safe_load((CLUSTER_DIR / "aws-gpu.yaml").read_text())
     mutate(raw)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(FSRFError) as info:
         check_cluster_config(raw)
     assert named in str(info.value)
+
+
+def _filled(tmp_path: Path, **changes) -> Path:
+    """cluster/onprem.yaml filled in for this machine (a real key file), then ``changes`` applied."""
+    raw = yaml.safe_load((CLUSTER_DIR / "onprem.yaml").read_text())
+    key = tmp_path / "id_test"
+    key.write_text("not a real key, only a file that exists\n")
+    raw["provider"].update(head_ip="10.0.0.5", worker_ips=["gpu-1.lab.example", "10.0.0.7"])
+    raw["auth"].update(ssh_user="alice", ssh_private_key=str(key))
+    for dotted, value in changes.items():
+        section, _, field = dotted.partition("__")
+        if field:
+            raw[section][field] = value
+        else:
+            raw[section] = value
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _cluster(args: list[str], capsys) -> tuple[int, str]:
+    from fsrf.cli import main
+
+    code = main(["cluster", "check", *args])
+    out = capsys.readouterr()
+    lines = (out.err if code else out.out).strip().splitlines()
+    assert len(lines) == 1, lines
+    return code, lines[0]
+
+
+def test_cluster_check_passes_a_filled_in_file_and_the_templates_as_templates(tmp_path: Path, capsys) -> None:
+    code, line = _cluster([str(_filled(tmp_path))], capsys)
+    assert code == 0 and line.endswith("ok (local provider, head + 2 worker(s); Ray's schema and fsrf's invariants)")
+    for path in CONFIGS:
+        assert _cluster([str(path), "--template"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({}, "provider.head_ip: 'HEAD_ADDRESS' is a placeholder of the template"),  # the shipped file, unfilled
+    ({"provider__head_ip": "300.1.2.3.4"}, "provider.head_ip: '300.1.2.3.4' is not an IP address or host name"),
+    ({"provider__head_ip": "http://head"}, "provider.head_ip: 'http://head' is not an IP address or host name"),
+    ({"provider__worker_ips": ["WORKER_ADDRESS_2"]}, "provider.worker_ips[0]: 'WORKER_ADDRESS_2' is a placeholder"),
+    ({"auth__ssh_user": "USER"}, "auth.ssh_user: 'USER' is a placeholder of the template"),
+    ({"auth__ssh_private_key": "/nonexistent/id_ed25519"}, "auth.ssh_private_key: /nonexistent/id_ed25519 does not exist"),
+    ({"max_workers": "four"}, "max_workers: 'four' is not a count, expected a number >= 0"),
+])
+def test_cluster_check_names_what_a_filled_in_file_gets_wrong(tmp_path: Path, capsys, changes, needle) -> None:
+    path = CLUSTER_DIR / "onprem.yaml" if not changes else _filled(tmp_path, **changes)
+    code, line = _cluster([str(path)], capsys)
+    assert code == 2 and line.startswith("fsrf cluster: error: ") and needle in line, line
+
+
+def test_cluster_check_refuses_empty_missing_and_non_mapping_files(tmp_path: Path, capsys) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("\n")
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    for path, needle in ((empty, "empty file, expected a Ray cluster-launcher YAML mapping"),
+                         (tmp_path / "gone.yaml", "no such cluster file"),
+                         (listing, "holds a list, expected a Ray cluster-launcher YAML mapping")):
+        code, line = _cluster([str(path)], capsys)
+        assert code == 2 and f"{path}: {needle}" in line, line
