@@ -38,7 +38,7 @@ from fsrf.evaluate import RobustnessTable, modality_pattern_table, protocol_line
 from fsrf.model import build_model
 
 
-def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 1111, *,
+def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int | None = None, *,
                        dataset: MultimodalDataset | None = None) -> dict[str, Any]:
     """Train one seed and evaluate its validation-selected checkpoint on test; plain-data result.
 
@@ -55,7 +55,8 @@ def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int = 111
     load_weights(model, state, source=str(run_dir / "best.pt"))
     model.to(device)
     common = {"dataset": dataset.name, "batch_size": cfg.train.eval_batch_size, "device": device}
-    random_rows = random_missing_table(model, dataset.split("test"), split_name="test", seed=eval_seed, **common).rows
+    seed_of_masks = cfg.missing.eval_seed if eval_seed is None else eval_seed  # the config's, as fsrf evaluate
+    random_rows = random_missing_table(model, dataset.split("test"), split_name="test", seed=seed_of_masks, **common).rows
     pattern_rows = modality_pattern_table(model, dataset.split("test"), **common).rows
     return {"seed": seed, "best_epoch": result.best_epoch, "text_protocol": cfg.data.text_protocol(),
             "random": random_rows, "patterns": pattern_rows}

@@ -24,6 +24,7 @@ from fsrf._config import (
 )
 from fsrf._constants import EVAL_RATES, MISSING_PATTERNS, MODALITIES, OBJECTIVE
 from fsrf._errors import FSRFError, NonFiniteLossError
+from fsrf._inference import LoadedModel, load_model
 from fsrf._run_data import load_dataset
 from fsrf._yaml import dump_config, load_config, save_config
 from fsrf.model import (
@@ -52,6 +53,7 @@ __all__ = [
     "FSRFConfig",
     "FSRFError",
     "FSRFOutput",
+    "LoadedModel",
     "MissingConfig",
     "NonFiniteLossError",
     "OptimConfig",
@@ -67,6 +69,7 @@ __all__ = [
     "load_checkpoint",
     "load_config",
     "load_dataset",
+    "load_model",
     "load_weights",
     "model_names",
     "save_config",

@@ -4,6 +4,7 @@
     fsrf train --config configs/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl --out runs/mosi
     fsrf train --config configs/mosi.yaml --out runs/mosi --resume      # continue from runs/mosi/last.pt
     fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
+    fsrf predict --checkpoint runs/mosi/best.pt --data new.pkl --modalities text,audio   # CSV of predictions with ids
     fsrf probe --checkpoint runs/demo/best.pt        # do the parts hold what they should? (R^2 table)
     fsrf models                                      # the registered models: paper, faithful, reconstructed
     fsrf compare --models fsrf plain tfn --config configs/recovery.yaml --budget 120 --final-seeds 3 --out compare/demo
@@ -79,17 +80,44 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     state, config, dataset, model, device = _restore(args)
     split = dataset.split(args.split)
+    seed = config.missing.eval_seed if args.seed is None else args.seed
     common = {"dataset": dataset.name, "batch_size": args.batch_size, "device": device,
               "precision": eval_precision(device, config.train.precision)}
-    random_table = random_missing_table(model, split, split_name=args.split, seed=args.seed, **common)
+    random_table = random_missing_table(model, split, split_name=args.split, seed=seed, **common)
     pattern_table = modality_pattern_table(model, split, **common)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / f"eval-{args.split}"
     written = [*random_table.write(out, RANDOM_TABLE), *pattern_table.write(out, PATTERN_TABLE)]
-    print(f"{dataset.name} {args.split} split, checkpoint epoch {state['epoch']}, random missing (seed {args.seed}):")
+    print(f"{dataset.name} {args.split} split, checkpoint epoch {state['epoch']}, random missing (seed {seed}):")
     print(random_table.to_text())
     print(f"\n{dataset.name} {args.split} split, whole-modality missing:")
     print(pattern_table.to_text())
     print("\nwrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from fsrf._config import with_overrides
+    from fsrf._inference import condition_name, default_out, load_model, predictions_csv
+    from fsrf._run_data import load_dataset
+    from fsrf._yaml import atomic_write_text
+
+    loaded = load_model(args.checkpoint, device=args.device)
+    config = loaded.config
+    if args.data is not None:
+        config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
+    dataset = load_dataset(config.data)
+    modalities = None if args.modalities is None else tuple(m.strip() for m in args.modalities.split(",") if m.strip())
+    names = ("train", "valid", "test") if args.split == "all" else (args.split,)
+    rows = []
+    for name in names:
+        split = dataset.split(name)
+        preds = loaded.predict(split, missing_rate=args.missing_rate, modalities=modalities, seed=args.seed,
+                               split_name=name, batch_size=args.batch_size)
+        rows += [(name, i, float(y), float(p)) for i, y, p in zip(split.ids, split.labels.tolist(), preds.tolist())]
+    condition = condition_name(args.missing_rate, modalities)
+    out = Path(args.out) if args.out else default_out(args.checkpoint, args.split)
+    atomic_write_text(out, predictions_csv(rows, condition))
+    print(f"{len(rows)} predictions ({', '.join(names)}; {condition}; checkpoint epoch {loaded.epoch}) -> {out}")
     return 0
 
 
@@ -159,11 +187,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt")
     p.add_argument("--data", type=Path, default=None, help="MMSA pickle (default: the path stored in the checkpoint)")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="split to evaluate (default: test)")
-    p.add_argument("--seed", type=int, default=1111, help="seed of the fixed test masks (default: 1111)")
+    p.add_argument("--seed", type=int, default=None, help="seed of the fixed test masks (default: the config's missing.eval_seed)")
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--out", type=Path, default=None, help="where to write JSON/CSV (default: beside the checkpoint)")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="predictions of a checkpoint for every sample of a split, with ids, as CSV")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt")
+    p.add_argument("--data", type=Path, default=None, help="MMSA pickle (default: the path stored in the checkpoint)")
+    p.add_argument("--split", choices=("test", "valid", "train", "all"), default="test", help="default: test")
+    p.add_argument("--missing-rate", type=float, default=None,
+                   help="random missing rate in [0, 1) with the evaluation's fixed masks (default: complete input)")
+    p.add_argument("--modalities", default=None, metavar="M[,M]",
+                   help="whole-modality missing: the present ones, e.g. text or audio,vision")
+    p.add_argument("--seed", type=int, default=None, help="seed of the masks (default: the config's missing.eval_seed)")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the config's train.eval_batch_size")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--out", type=Path, default=None, help="CSV to write (default: predictions-<split>.csv beside the checkpoint)")
+    p.set_defaults(func=_predict)
 
     p = sub.add_parser("probe", help="R^2 of fresh linear probes of a checkpoint's parts (fit on valid, scored on test)")
     p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt")

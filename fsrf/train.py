@@ -47,6 +47,7 @@ from fsrf._constants import (
 )
 from fsrf._device import check_precision, compile_model, resolve_device, run_settings
 from fsrf._errors import FSRFError, NonFiniteLossError
+from fsrf._provenance import record_provenance
 from fsrf._rng import draw_seed, isolated_rng, make_generator
 from fsrf._run_data import check_shapes, load_dataset
 from fsrf._steps import EpochContext, epoch_hook, train_epoch, validate, warm_up
@@ -210,6 +211,7 @@ def _train(
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / CONFIG_FILE)
+        record_provenance(out, config.data)  # versions, git commit, data SHA-256 (one entry per session)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 

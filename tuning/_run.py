@@ -18,9 +18,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from fsrf import OBJECTIVE
+from fsrf import OBJECTIVE, with_overrides
 from fsrf._constants import COMPLETE_OBJECTIVE
 from fsrf._errors import FSRFError
+from fsrf._provenance import provenance
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
 from tuning._remote import download, is_uri, mirror, resolve, staging_dir
@@ -139,7 +140,9 @@ def _check_space(space: SearchSpace, exp: Path) -> None:
 
 
 def _write_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
-    state = {"space_fingerprint": space.fingerprint(), "options": asdict(options)}
+    state = {"space_fingerprint": space.fingerprint(), "options": asdict(options),
+             "provenance": provenance(space.base.data if options.data is None
+                                      else with_overrides(space.base, {"data.path": options.data}).data)}
     atomic_write_text(exp / STATE_FILE, json.dumps(state, indent=2, default=str))
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fsrf._errors import FSRFError
+from fsrf._provenance import git_commit
 
 SCHEMA_VERSION = 1
 """Version of the row layout below; stored in every row and in every file's schema metadata."""
@@ -155,7 +156,7 @@ def is_metric(value: Any) -> bool:
 
 
 def schema_metadata(*, experiment: str, session: str) -> dict[bytes, bytes]:
-    """Schema metadata of every file a session writes: schema version, experiment and versions."""
+    """Schema metadata of every file a session writes: schema version, experiment, versions and git commit."""
     versions = {"python": sys.version.split()[0]}
     for name in _VERSIONED:
         try:
@@ -167,6 +168,7 @@ def schema_metadata(*, experiment: str, session: str) -> dict[bytes, bytes]:
         "experiment": experiment,
         "session": session,
         "versions": json.dumps(versions, sort_keys=True),
+        "git": json.dumps(git_commit()),  # null unless fsrf runs from a git checkout
     }
     return {f"{META_PREFIX}{k}".encode(): v.encode() for k, v in meta.items()}
 
