@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -95,6 +96,9 @@ def test_smoke_test_finishes_and_writes_store_best_config_and_tensorboard(tmp_pa
     assert config.train.epochs == 2 and config.model.hidden == 32
     events = list(exp.rglob("events.out.tfevents.*"))
     assert len({e.parent for e in events}) >= 4
+    state = json.loads((exp / "fsrf_search.json").read_text())  # what the search was made with
+    assert state["provenance"]["versions"]["optuna"] and state["provenance"]["data"]["generated"] == "basic"
+    assert len(list(exp.rglob("provenance.json"))) >= 4  # each trial's run directory records its own
 
 
 @pytest.mark.slow
