@@ -26,7 +26,7 @@ from fsrf.curriculum import CURRICULA, BaseCurriculum, build_curriculum
 from fsrf.model import BaseModelConfig, FSRFConfig, model_config_class, model_names
 
 DATASETS = ("synthetic", "mosi", "mosei", "sims")
-CURRICULUM_KINDS = ("constant", "linear", "step", "cosine", "exponential", "adaptive")
+CURRICULUM_KINDS = ("constant", "linear", "step", "cosine", "exponential", "adaptive", "replay")
 SIMULATOR_NAMES = ("random", "modality", "mixed")
 SYNTHETIC_KINDS = ("basic", "recovery")
 SYNTHETIC_LABELS = ("shared", "specific")
@@ -120,6 +120,8 @@ class CurriculumConfig:
     step_size: float = 0.1
     sharpness: float = 3.0
     patience: int = 2
+    replay_epochs: tuple[int, ...] = ()
+    replay_rates: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _one_of(self.kind, "kind", CURRICULUM_KINDS)

@@ -1,8 +1,9 @@
 """Missing-rate curricula: the training missing rate as a function of the epoch.
 
-Every curriculum gives a rate in ``[start, end]`` (a subset of [0, 1]) that never
-decreases. The scheduled kinds depend on the epoch alone; :class:`AdaptiveCurriculum`
-raises its rate when the validation objective stops improving. A curriculum is
+Every curriculum but ``replay`` gives a rate in ``[start, end]`` (a subset of [0, 1]) that
+never decreases. The scheduled kinds depend on the epoch alone; :class:`AdaptiveCurriculum`
+raises its rate when the validation objective stops improving; :class:`ReplayCurriculum`
+follows a given (epoch, rate) schedule, e.g. one a population-based search learned. A curriculum is
 described by ``to_dict()`` (``{"kind": ..., <params>}``) and rebuilt by
 :func:`build_curriculum`; its mutable state (adaptive only) travels in a checkpoint
 through ``state_dict()`` / ``load_state_dict()``.
@@ -11,9 +12,10 @@ through ``state_dict()`` / ``load_state_dict()``.
 from __future__ import annotations
 
 import abc
+import bisect
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 from fsrf._errors import FSRFError
@@ -34,7 +36,7 @@ def _rate(name: str, value: Any) -> float:
 
 
 def _count(name: str, value: Any, minimum: int) -> int:
-    ok = lambda x: x >= minimum  # noqa: E731
+    ok = lambda x: x >= minimum
     return int(_number(f"curriculum.{name}", value, ok, f"an integer >= {minimum}", numbers.Integral))
 
 
@@ -184,7 +186,7 @@ class ExponentialCurriculum(_Ramp):
     def __init__(self, *, start: float, end: float, warmup_epochs: int, ramp_epochs: int,
                  sharpness: float) -> None:
         super().__init__(start=start, end=end, warmup_epochs=warmup_epochs, ramp_epochs=ramp_epochs)
-        ok = lambda x: 0.0 < x < math.inf  # noqa: E731
+        ok = lambda x: 0.0 < x < math.inf
         self.sharpness = float(_number("curriculum.sharpness", sharpness, ok, "a finite number > 0"))
 
     def _shape(self, t: float) -> float:
@@ -271,10 +273,44 @@ class AdaptiveCurriculum(BaseCurriculum):
         self._current, self._best, self._bad = float(rate), best, int(bad)
 
 
+class ReplayCurriculum(BaseCurriculum):
+    """A schedule given point by point: from ``replay_epochs[i]`` on, the rate is
+    ``replay_rates[i]`` (before the first point, the first rate).
+
+    For replaying a schedule that was followed, e.g. the missing rate per epoch that a
+    population-based search's winner trained with: a piecewise-constant schedule is exact for
+    per-epoch rates. Unlike the other kinds it may go down as well as up (the contract's
+    "non-decreasing" does not hold for it).
+    """
+
+    kind = "replay"
+    params = ("replay_epochs", "replay_rates")
+
+    def __init__(self, *, replay_epochs: Sequence[int], replay_rates: Sequence[float]) -> None:
+        epochs = tuple(replay_epochs)
+        rates = tuple(replay_rates)
+        if not epochs:
+            raise FSRFError("curriculum.replay_epochs: empty, expected the epochs (from 0) where the rate changes")
+        if len(epochs) != len(rates):
+            raise FSRFError(f"curriculum.replay_rates: {len(rates)} rates for {len(epochs)} replay_epochs, "
+                            "expected one rate per epoch")
+        self.replay_epochs = tuple(int(_number(f"curriculum.replay_epochs[{i}]", e, lambda x: x >= 0,
+                                               "an integer >= 0", numbers.Integral)) for i, e in enumerate(epochs))
+        for i, (a, b) in enumerate(zip(self.replay_epochs, self.replay_epochs[1:])):
+            if b <= a:
+                raise FSRFError(f"curriculum.replay_epochs: {list(self.replay_epochs)} is not strictly increasing "
+                                f"(position {i + 1}: {b} after {a})")
+        self.replay_rates = tuple(float(_number(f"curriculum.replay_rates[{i}]", r, lambda x: 0.0 <= x <= 1.0,
+                                                "a rate in [0, 1]")) for i, r in enumerate(rates))
+
+    def _at(self, epoch: int) -> float:
+        return self.replay_rates[max(0, bisect.bisect_right(self.replay_epochs, epoch) - 1)]
+
+
 CURRICULA: dict[str, type[BaseCurriculum]] = {
     cls.kind: cls
     for cls in (ConstantCurriculum, LinearCurriculum, StepCurriculum, CosineCurriculum, ExponentialCurriculum,
-                AdaptiveCurriculum)
+                AdaptiveCurriculum, ReplayCurriculum)
 }
 """The curriculum classes by ``kind``."""
 
@@ -304,5 +340,5 @@ def build_curriculum(kind: str, **params: Any) -> BaseCurriculum:
 
 __all__ = [
     "CURRICULA", "AdaptiveCurriculum", "BaseCurriculum", "ConstantCurriculum", "CosineCurriculum",
-    "ExponentialCurriculum", "LinearCurriculum", "StepCurriculum", "build_curriculum",
+    "ExponentialCurriculum", "LinearCurriculum", "ReplayCurriculum", "StepCurriculum", "build_curriculum",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from fsrf import config_from_dict
 from fsrf._errors import FSRFError
 from fsrf.curriculum import (
     CURRICULA,
@@ -20,6 +21,7 @@ from fsrf.curriculum import (
     CosineCurriculum,
     ExponentialCurriculum,
     LinearCurriculum,
+    ReplayCurriculum,
     StepCurriculum,
     build_curriculum,
 )
@@ -33,7 +35,9 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "start": 0.2, "end": 0.8, "warmup_epochs": 0, "ramp_epochs": 2, "sharpness": 2 * math.log(2)
     },
     "adaptive": {"start": 0.0, "end": 0.25, "step_size": 0.1, "patience": 2},
+    "replay": {"replay_epochs": (0, 3, 5), "replay_rates": (0.2, 0.6, 0.4)},
 }
+MONOTONE = [k for k in EXAMPLES if k != "replay"]  # replay follows its points, down as well as up
 
 
 def _scores(seed: int, n: int) -> list[float]:
@@ -57,7 +61,7 @@ def _run(c: BaseCurriculum, scores: list[float], first_epoch: int = 0) -> list[f
 
 
 def test_registry_is_keyed_by_kind() -> None:
-    assert list(CURRICULA) == ["constant", "linear", "step", "cosine", "exponential", "adaptive"]
+    assert list(CURRICULA) == ["constant", "linear", "step", "cosine", "exponential", "adaptive", "replay"]
     for kind, cls in CURRICULA.items():
         assert cls.kind == kind and set(cls.params) == set(EXAMPLES[kind])
 
@@ -146,7 +150,7 @@ def test_observe_is_a_no_op_for_scheduled_kinds() -> None:
 
 
 def _variants() -> list[tuple[str, dict[str, Any]]]:
-    out = [(kind, params) for kind, params in EXAMPLES.items()]
+    out = [(kind, params) for kind, params in EXAMPLES.items() if kind in MONOTONE]
     out += [("linear", {"start": 0.1, "end": 0.7, "warmup_epochs": 0, "ramp_epochs": 7})]
     out += [("cosine", {"start": 0.3, "end": 0.3, "warmup_epochs": 3, "ramp_epochs": 1})]
     exponential = {"start": 0.0, "end": 1.0, "warmup_epochs": 10, "ramp_epochs": 33, "sharpness": 40.0}
@@ -177,7 +181,8 @@ def test_to_dict_round_trip(kind: str) -> None:
     c = build_curriculum(kind, **EXAMPLES[kind])
     d = c.to_dict()
     assert d == {"kind": kind, **EXAMPLES[kind]} and list(d) == ["kind", *CURRICULA[kind].params]
-    assert all(type(v) in (str, int, float) for v in d.values())
+    assert all(type(v) in (str, int, float) or (type(v) is tuple and all(type(x) in (int, float) for x in v))
+               for v in d.values())
     rebuilt = build_curriculum(**d)
     assert type(rebuilt) is type(c) and rebuilt == c and repr(rebuilt) == repr(c)
     scores = _scores(1, 100)
@@ -312,3 +317,30 @@ def test_constructors_are_keyword_only() -> None:
 def test_bad_epoch(epoch: Any) -> None:
     with pytest.raises(FSRFError, match="epoch: got"):
         ConstantCurriculum(end=0.5).rate(epoch)
+
+
+def test_replay_follows_its_points_piecewise_constant() -> None:
+    c = ReplayCurriculum(replay_epochs=[2, 3, 7], replay_rates=[0.1, 0.5, 0.3])
+    assert [c.rate(e) for e in range(9)] == [0.1, 0.1, 0.1, 0.5, 0.5, 0.5, 0.5, 0.3, 0.3]
+    assert c.state_dict() == {} and build_curriculum(**c.to_dict()) == c
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ({"replay_epochs": [0, 4, 2], "replay_rates": [0.1, 0.2, 0.3]}, "replay_epochs: [0, 4, 2] is not strictly increasing"),
+    ({"replay_epochs": [0, 2], "replay_rates": [0.1, 1.5]}, "replay_rates[1]: got 1.5, expected a rate in [0, 1]"),
+    ({"replay_epochs": [0, 2], "replay_rates": [0.1]}, "replay_rates: 1 rates for 2 replay_epochs"),
+    ({"replay_epochs": [], "replay_rates": []}, "replay_epochs: empty"),
+    ({"replay_epochs": [-1], "replay_rates": [0.1]}, "replay_epochs[0]: got -1, expected an integer >= 0"),
+])
+def test_replay_bad_points_are_one_line_errors(params, needle) -> None:
+    with pytest.raises(FSRFError) as err:
+        config_from_dict({"curriculum": {"kind": "replay", **params}}, source="best.yaml")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_replay_from_a_yaml_config_trains_at_its_rates(tmp_path) -> None:
+    from fsrf import with_overrides
+
+    config = config_from_dict({"curriculum": {"kind": "replay", "replay_epochs": [0, 1], "replay_rates": [0.3, 0.1]}})
+    assert [config.curriculum.build().rate(e) for e in range(3)] == [0.3, 0.1, 0.1]
+    assert with_overrides(config, {"curriculum.replay_rates": [0.5, 0.2]}).curriculum.build().rate(1) == 0.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import optuna
 import pytest
+import yaml
 
 from fsrf import Config, FSRFError, flatten_config
 from fsrf.curriculum import CURRICULA
@@ -58,7 +60,8 @@ def test_every_shipped_space_loads_and_covers_the_fsrf_knobs(path: Path) -> None
     assert space.base.data.dataset == {"default": "synthetic"}.get(path.stem, path.stem)
     assert space.base.train.select_metric == space.metric and space.mode in ("min", "max")
     names = set(space.param_names())
-    curriculum = {f"curriculum.{p}" for cls in CURRICULA.values() for p in cls.params}
+    # every searchable kind's params (replay replays a learned schedule: written, not searched)
+    curriculum = {f"curriculum.{p}" for kind, cls in CURRICULA.items() if kind != "replay" for p in cls.params}
     assert {*WEIGHTS, "model.align_kind", "curriculum.kind", *curriculum} <= names
     assert {"missing.simulator", "missing.modality_share", "missing.complete_share", "optim.lr"} <= names
     assert all(p.has_switch for p in space.params if p.name in WEIGHTS)
@@ -96,7 +99,7 @@ def test_conditional_sampling_only_draws_what_the_choices_read() -> None:
                 assert flat[name] == params[name]
             elif name not in constants:
                 assert flat[name] == base[name]  # not drawn: the base value
-    assert seen_kinds == set(CURRICULA)
+    assert seen_kinds == set(CURRICULA) - {"replay"}  # replay is written (best.yaml of a learned schedule), not searched
     assert seen_simulators == {"random", "modality", "mixed"} and seen_switch == {False, True}
 
 
@@ -321,3 +324,31 @@ def test_importing_the_space_module_loads_neither_ray_nor_optuna() -> None:
     code = "import sys, tuning.space; print(any(m in sys.modules for m in ('ray', 'optuna')))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_gp_and_cmaes_are_refused_for_spaces_they_would_sample_at_random(tmp_path) -> None:
+    """GP and CMA-ES model a fixed numeric vector: a conditional parameter (and for CMA-ES a
+    categorical one) is refused with one line naming it; a plain numeric space gets the sampler."""
+    import optuna
+
+    from tuning._run import build_sampler, check_sampler
+
+    repo = Path(__file__).resolve().parents[1]
+    default = load_space(repo / "tuning" / "spaces" / "default.yaml")
+    first_conditional = next(p.name for p in default.params if p.when or p.has_switch)
+    for name in ("gp", "cmaes"):
+        with pytest.raises(FSRFError, match=rf"--sampler {name}: parameter \S+ is (conditional|categorical)") as err:
+            check_sampler(name, default)
+        assert "\n" not in str(err.value)
+    with pytest.raises(FSRFError, match=rf"--sampler gp: parameter {re.escape(first_conditional)} is conditional"):
+        check_sampler("gp", default)
+    numeric = tmp_path / "numeric.yaml"
+    numeric.write_text(yaml.safe_dump({
+        "base": str(repo / "configs" / "synthetic.yaml"),
+        "objective": {"metric": "MAE", "mode": "min"}, "scheduler": {"grace_period": 1, "reduction_factor": 2},
+        "params": {"optim.lr": {"float": [1e-4, 1e-2], "log": True}, "model.homo": {"float": [0.0, 1.0]}},
+    }))
+    space = load_space(numeric)
+    assert isinstance(build_sampler("gp", space, seed=0), optuna.samplers.GPSampler)
+    assert isinstance(build_sampler("cmaes", space, seed=0), optuna.samplers.CmaEsSampler)
+    assert isinstance(build_sampler("tpe", default, seed=0), optuna.samplers.TPESampler)

@@ -274,6 +274,7 @@ def test_a_resume_whose_recorded_checkpoints_are_gone_trains_those_trials_again(
     (["--max-failures", "-5"], "--max-failures: -5 must be >= 0"),
     (["--max-epochs", "-3"], "--max-epochs: -3 must be >= 1"),
     (["--name", "../escape"], "--name: '../escape' must be a plain folder name under --storage"),
+    (["--sampler", "gp"], "--sampler gp: parameter model.homo is conditional (off_switch)"),
 ])
 def test_bad_flags_are_one_line_errors_before_ray_starts(tmp_path: Path, capsys, args, needle) -> None:
     from tuning.cli import main

@@ -139,6 +139,49 @@ def _check_space(space: SearchSpace, exp: Path) -> None:
         )
 
 
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+"""``--sampler`` values: Optuna's TPE (default), random (the baseline), GP and CMA-ES (numeric
+spaces without conditions only)."""
+
+
+def check_sampler(name: str, space: SearchSpace) -> None:
+    """Refuse a sampler the space does not suit, naming the first parameter in the way.
+
+    GP and CMA-ES model one fixed vector of numbers: a conditional parameter (``when``, or a
+    weight's ``off_switch``) would be sampled independently (at random) behind their backs, and
+    CMA-ES also samples every categorical one at random.
+
+    Raises:
+        FSRFError: one line naming the sampler, the parameter and why.
+    """
+    if name not in SAMPLERS:
+        raise FSRFError(f"--sampler: {name!r} is not one of {', '.join(SAMPLERS)}")
+    if name not in ("gp", "cmaes"):
+        return
+    for param in space.params:
+        if param.when or param.has_switch:
+            raise FSRFError(f"--sampler {name}: parameter {param.name} is conditional "
+                            f"({'when' if param.when else 'off_switch'}), which {name} samples at random; use "
+                            "--sampler tpe, or a space whose parameters are all unconditional")
+        if name == "cmaes" and param.kind == "choice":
+            raise FSRFError(f"--sampler cmaes: parameter {param.name} is categorical, which CMA-ES samples at "
+                            "random; use --sampler tpe or gp, or a space of numeric parameters")
+
+
+def build_sampler(name: str, space: SearchSpace, *, seed: int):
+    """The Optuna sampler ``--sampler`` names, seeded (after :func:`check_sampler`)."""
+    import optuna
+
+    check_sampler(name, space)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, deterministic_objective=False)
+    return optuna.samplers.CmaEsSampler(seed=seed, consider_pruned_trials=True)
+
+
 def _write_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
     state = {"space_fingerprint": space.fingerprint(), "options": asdict(options),
              "provenance": provenance(space.base.data if options.data is None
@@ -228,7 +271,6 @@ def _check_resources(options: SearchOptions, *, local: bool) -> None:
 
 
 def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainable: Any) -> Any:
-    import optuna
     from ray import tune
     from ray.tune import CLIReporter
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -238,11 +280,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
     from tuning.store import ArrowStoreCallback
 
     epochs = options.max_epochs or space.base.train.epochs
-    sampler = (
-        optuna.samplers.TPESampler(seed=options.seed)
-        if options.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=options.seed)
-    )
+    sampler = build_sampler(options.sampler, space, seed=options.seed)
     if options.multi_objective:
         searcher = PruneAwareOptunaSearch(
             space.define_by_run, metric=[COMPLETE_OBJECTIVE, OBJECTIVE], mode=[space.mode, space.mode],
@@ -363,6 +401,7 @@ def run_search(options: SearchOptions) -> Path:
     _fetch_remote_state(options)
     options = resolve_options(options)
     space = load_space(options.space)
+    check_sampler(options.sampler, space)  # before any Ray work
     exp, uri = experiment_path(options), experiment_uri(options)
     tune_path = uri or str(exp)
     if options.resume:
@@ -378,6 +417,9 @@ def run_search(options: SearchOptions) -> Path:
     dataset = load_dataset(run_base.data, path=options.data)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table, with our columns
+    # A model-based sampler must see results before it samples again: Tune launches one pending trial
+    # at a time for it (its own default for searchers, made explicit); random sampling needs no wait.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1" if options.sampler != "random" else str(options.max_concurrent))
     import ray
     from ray import tune
 
@@ -420,7 +462,10 @@ def run_search(options: SearchOptions) -> Path:
         print(f"fsrf tune: warning: the experiment holds {sum(counts.values())} of {options.num_samples} "
               "trials: Tune drew no more after the resume (trials a killed driver had started but not "
               "saved are marked discarded; their rows stay in the store's events)")
-    best = write_best(exp / STORE_DIR, space, overrides=overrides, path=exp / BEST_FILE, experiment=options.name)
+    # best.yaml holds everything `fsrf train --config best.yaml` needs, the data file too (as `fsrf export` writes it)
+    data = {"data.path": str(options.data)} if options.data else {}
+    best = write_best(exp / STORE_DIR, space, overrides={**overrides, **data}, path=exp / BEST_FILE,
+                      experiment=options.name)
     if uri is not None:
         mirror(exp, uri)
         print(f"mirrored the trial store and {BEST_FILE} to {uri}")

@@ -3,8 +3,9 @@
 Two families:
 
 * reader rules: a field that only some curriculum kinds (or some missingness
-  simulators) read must be conditioned on those kinds with ``when``, so a trial
-  never samples a parameter its configuration ignores;
+  simulators) read must be conditioned on those kinds with ``when`` (unless every
+  kind the space can pick reads it), so a trial never samples a parameter its
+  configuration ignores;
 * feasibility: every bound, choice and off value of every param, alone and
   paired with each other param of the same config section, builds a valid
   config in a trial the space can actually draw (its ``when`` conditions met,
@@ -66,6 +67,9 @@ def check_readers(params: Sequence[Param], base: Config, source: str) -> None:
                                 f"(read by {', '.join(readers)})")
             continue
         condition = next((c for c in param.when if c.target == selector), None)
+        chooser = next(p for p in params if p.name == selector)
+        if condition is None and chooser.kind == "choice" and all(v in readers for v in chooser.choices):
+            continue  # every value the space can pick reads it (e.g. `end` without `replay` among the kinds)
         if condition is None:
             raise FSRFError(f"{where}: read only under {selector} {', '.join(readers)}; add "
                             f"`when: {{{selector}: [{', '.join(readers)}]}}`")

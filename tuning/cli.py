@@ -58,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
     sched = p.add_argument_group("scheduling")
     sched.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)")
-    sched.add_argument("--sampler", choices=("tpe", "random"), default="tpe",
-                       help="Optuna sampler: tpe, or random as a baseline (default: tpe)")
+    sched.add_argument("--sampler", choices=("tpe", "random", "gp", "cmaes"), default="tpe",
+                       help="Optuna sampler: tpe, random (a baseline), gp or cmaes (numeric spaces without "
+                            "conditional parameters only) (default: tpe)")
     sched.add_argument("--grace-period", type=int, default=None, help="ASHA: epochs before a stop (default: the space's)")
     sched.add_argument("--reduction-factor", type=int, default=None, help="ASHA: rung reduction (default: the space's)")
     sched.add_argument("--multi-objective", action="store_true",
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace):  # noqa: ANN201 - SearchOptions
+def options_from_args(args: argparse.Namespace):
     from tuning._run import SearchOptions
 
     space = str(Path(args.space).resolve()) if args.space else ("" if args.resume else str(DEFAULT_SPACE))

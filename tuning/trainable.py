@@ -21,6 +21,7 @@ import torch
 
 from fsrf import OBJECTIVE, FSRFError, load_checkpoint, train, with_overrides
 from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
+from fsrf._provenance import record_provenance
 from tuning._run import WORK_DIR
 from tuning._shared_data import from_arrays
 from tuning.space import SearchSpace
@@ -99,6 +100,7 @@ def fsrf_trainable(
     dataset = from_arrays(data)
     trial_dir = Path(experiment_dir) / context.get_trial_name() if experiment_dir else context.get_trial_dir()
     work = work_dir(trial_dir)
+    record_provenance(trial_dir, config.data)  # kept with the trial (the scratch below is removed)
     try:
         out = work / "run"
         out.mkdir()
@@ -134,4 +136,4 @@ def _resume_file(checkpoint: ray.tune.Checkpoint, out: Path, trial_id: str) -> P
     return resume
 
 
-__all__ = ["fsrf_trainable", "OBJECTIVE", "COMPLETE_OBJECTIVE"]
+__all__ = ["COMPLETE_OBJECTIVE", "OBJECTIVE", "fsrf_trainable"]
