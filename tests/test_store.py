@@ -441,3 +441,35 @@ def test_real_tune_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert {w: t["status"] for w, t in trials.items()} == {8: "COMPLETE", 16: "PRUNED", 32: "ERROR"}
     assert trials[32]["error"] == "ValueError: trial exploded at width 32"
     assert trials[32]["attempts"] == 2 and trials[8]["iterations"] == 3
+
+
+def test_every_part_carries_every_column_so_one_line_readers_see_them_all(tmp_path: Path) -> None:
+    """Sessions that brought different columns (a conditional param, a metric of later epochs)
+    still give pandas, pyarrow, polars and DuckDB every column from the parts directory alone."""
+    import duckdb
+    import pandas as pd
+    import polars as pl
+
+    root = tmp_path / "store"
+    with TrialStoreWriter(root, experiment="e") as w:
+        w.result(trial_id="a", attempt=1, iteration=1, config={"curriculum": {"kind": "constant"}},
+                 metrics={"objective": 0.5})
+    with TrialStoreWriter(root, experiment="e") as w:  # a second session: new columns appear
+        w.result(trial_id="b", attempt=1, iteration=1,
+                 config={"curriculum": {"kind": "step", "step_size": 0.1}},
+                 metrics={"objective": 0.4, "valid/r0.3/MAE": 0.7})
+    parts = _parts(root)
+    assert len(parts) == 2
+    wanted = {"config.curriculum.step_size", "valid/r0.3/MAE", "objective", "trial_id"}
+    folder = str(root / "parts")
+    glob = f"{folder}/*.parquet"
+    assert wanted <= set(pd.read_parquet(folder).columns)
+    assert wanted <= set(pq.read_table(folder).column_names)
+    assert wanted <= set(ds.dataset(folder).schema.names)
+    frame = pl.read_parquet(glob)
+    assert wanted <= set(frame.columns) and frame.height == 2
+    duck = duckdb.sql(f"SELECT * FROM read_parquet('{glob}')")
+    assert wanted <= set(duck.columns) and len(duck.fetchall()) == 2
+    values = pd.read_parquet(folder).set_index("trial_id")
+    assert pd.isna(values.loc["a", "valid/r0.3/MAE"]) and values.loc["b", "valid/r0.3/MAE"] == 0.7
+    assert read_results(root).num_rows == 2  # the store's own reader agrees

@@ -30,6 +30,7 @@ from tuning._store_write import (
     read_segment,
     visible,
 )
+from tuning._store_write import conform_table as _conform
 
 STORE_DIR = "store"
 STATUS = {"complete": "COMPLETE", "pruned": "PRUNED", "error": "ERROR", "discarded": "DISCARDED"}
@@ -90,19 +91,6 @@ def unify(schemas: Sequence[pa.Schema]) -> pa.Schema:
                 old = types.get(field.name)
                 types[field.name] = field.type if old is None else merge_types(old, field.type)
         return pa.schema(list(types.items()), metadata=schemas[-1].metadata)
-
-
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    if table.schema.equals(schema):
-        return table
-    columns = []
-    for field in schema:
-        if field.name not in table.column_names:
-            columns.append(pa.nulls(table.num_rows, field.type))
-        else:
-            column = table[field.name]
-            columns.append(column if column.type == field.type else column.cast(field.type))
-    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class _Segment:

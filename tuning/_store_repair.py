@@ -55,6 +55,7 @@ from tuning._store_write import (
     WAL_DIR,
     WAL_SUFFIX,
     TrialStoreWriter,
+    align_parts,
     is_metric,
     quarantine,
     scan_segment,
@@ -390,6 +391,12 @@ def repair_store(path: str | Path, *, experiment: str | None = None) -> list[str
     except OSError as exc:
         raise write_error(root, exc) from None
     done += reconcile(root, experiment=name)
+    try:
+        aligned = align_parts(root)
+    except OSError as exc:
+        raise write_error(root, exc) from None
+    if aligned:
+        done.append(f"gave {len(aligned)} part(s) the store's full schema (every column in every part)")
     return done
 
 

@@ -296,6 +296,59 @@ def compact_segment(root: Path, wal: Path, *, fsync: bool = True) -> Path | None
     return part
 
 
+def conform_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with exactly ``schema``'s columns: missing ones null, others cast to its types."""
+    if table.schema.equals(schema):
+        return table
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            columns.append(pa.nulls(table.num_rows, field.type))
+        else:
+            column = table[field.name]
+            columns.append(column if column.type == field.type else column.cast(field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def align_parts(root: Path, *, fsync: bool = True) -> list[Path]:
+    """Give every Parquet part of the store the same schema: the union of all parts' columns.
+
+    A session's part holds only the columns its rows brought; readers that take the schema
+    from one file (``pd.read_parquet(dir)``, ``pq.read_table(dir)``, ``ds.dataset(dir)``) or
+    refuse files that differ (polars, DuckDB without ``union_by_name``) then miss columns or
+    fail. Each part lacking a column (or holding a narrower type, widened as the writer does) is
+    rewritten atomically with nulls where it had no value, its own schema metadata kept. A part
+    that cannot be read is left alone (``fsrf store check`` reports it).
+
+    Returns:
+        The parts rewritten.
+    """
+    parts_dir = root / PARTS_DIR
+    if not parts_dir.is_dir():
+        return []
+    parts, schemas = [], []
+    for part in sorted(p for p in parts_dir.iterdir() if visible(p, PART_SUFFIX)):
+        try:
+            schemas.append(pq.read_schema(part))
+        except (pa.ArrowInvalid, OSError):
+            continue
+        parts.append(part)
+    types: dict[str, pa.DataType] = {}
+    for schema in schemas:
+        for field in schema:
+            old = types.get(field.name)
+            types[field.name] = field.type if old is None else merge_types(old, field.type)
+    target = list(types.items())
+    rewritten = []
+    for part, schema in zip(parts, schemas):
+        if [(f.name, f.type) for f in schema] == target:
+            continue
+        table = pq.read_table(part)
+        publish_part(conform_table(table, pa.schema(target, metadata=schema.metadata)), part, fsync=fsync)
+        rewritten.append(part)
+    return rewritten
+
+
 # --- the writer ---------------------------------------------------------------------------
 class TrialStoreWriter:
     """The single writer of a trial store: appends rows to this session's WAL segments.
@@ -563,6 +616,7 @@ class TrialStoreWriter:
             finally:
                 self._closed = True
             self._compact_closed()
+            align_parts(self.root, fsync=self.fsync)  # every part readable alone with every column
 
     def _abandon(self) -> None:
         self._closed = True
