@@ -17,9 +17,10 @@ from typing import Any
 from fsrf._constants import EPOCH, EVAL_RATES, rate_key
 from fsrf._errors import FSRFError
 from fsrf._yaml import atomic_write
+from tuning.store import CONFIG_PREFIX
 
 DPI = 120
-CONFIG = "config."
+CONFIG = CONFIG_PREFIX
 
 
 def _plt() -> Any:

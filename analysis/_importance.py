@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from fsrf._errors import FSRFError
+from tuning.store import CONFIG_PREFIX
 
 if TYPE_CHECKING:
     import optuna
@@ -134,7 +135,7 @@ def study_from_tables(trials: Any, *, name: str, mode: str, metric: str = "objec
         values = trials.set_index("trial_id")[metric]
     else:
         raise FSRFError(f"importance: metric {metric!r} is not in the store")
-    configs = [c for c in trials.columns if c.startswith("config.")]
+    configs = [c for c in trials.columns if c.startswith(CONFIG_PREFIX)]
     dists: dict[str, Any] = {}
     for col in configs:
         series = trials[col].dropna()
@@ -158,7 +159,7 @@ def study_from_tables(trials: Any, *, name: str, mode: str, metric: str = "objec
             v = row[col]
             if v is None or (isinstance(v, float) and math.isnan(v)):
                 continue
-            key = col[len("config."):]
+            key = col[len(CONFIG_PREFIX):]
             params[key] = v.item() if hasattr(v, "item") else v
             used[key] = dist
         study.add_trial(optuna.trial.create_trial(params=params, distributions=used, value=float(value)))

@@ -20,12 +20,11 @@ import pyarrow.compute as pc
 
 from fsrf._errors import FSRFError
 from tuning._remote import is_uri, resolve
-from tuning._store_write import BASE_COLUMNS, CONFIG_PREFIX
-from tuning.store import read_results, read_trials, store_root
+from tuning._store_write import BASE_COLUMNS
+from tuning.store import CONFIG_PREFIX, STORE_DIR, read_results, read_trials, store_root
 
 STATE_FILE = "fsrf_search.json"
 """The search's state file in the experiment directory (see ``tuning/_run.py``)."""
-STORE_DIR = "store"
 
 
 @dataclass(frozen=True)

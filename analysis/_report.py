@@ -152,7 +152,7 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
     complete = COMPLETE_OBJECTIVE if COMPLETE_OBJECTIVE in exp.metrics else rate_key("valid", 0.0, base)
     robust = OBJECTIVE if OBJECTIVE in exp.metrics else robust_key("valid", base)
     ranked = [r["param"] for r in imp if all(r.get(e) is not None for e in EVALUATORS[:1])]
-    searched = [p[len("config."):] for p in exp.config_columns
+    searched = [p[len(CONFIG_PREFIX):] for p in exp.config_columns
                 if not p.endswith(":off") and results[p].nunique(dropna=True) > 1] if len(results) else []
     slices = [p for p in ranked if p in searched] + [p for p in searched if p not in ranked]
     axes = slices[:MAX_AXES]

@@ -28,6 +28,22 @@ PACKAGES = ("fsrf-tune", "torch", "numpy", "transformers", "ray", "optuna", "pya
 _ROOT = Path(__file__).resolve().parents[1]
 
 
+def fsrf_version() -> str:
+    """The installed fsrf-tune version (``unknown`` when run from a tree that was never installed)."""
+    try:
+        return metadata.version("fsrf-tune")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def version_line() -> str:
+    """What ``--version`` prints: fsrf-tune's version, the git commit of a checkout, torch's and Python's."""
+    git = git_commit()
+    where = f" (git {git['commit'][:12]}{', modified' if git['dirty'] else ''})" if git else ""
+    torch_version = next((v for k, v in package_versions().items() if k == "torch"), "not installed")
+    return f"fsrf-tune {fsrf_version()}{where}, torch {torch_version}, Python {platform.python_version()}"
+
+
 def package_versions() -> dict[str, str]:
     """Python's and each installed distribution of :data:`PACKAGES`'s version."""
     versions = {"python": platform.python_version()}

@@ -159,8 +159,15 @@ def _models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from fsrf._provenance import version_line
+
+    return version_line()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsrf", description="FSRF for incomplete multimodal sentiment analysis.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("tune", help="Ray Tune x Optuna search (same arguments as tune.py; see fsrf tune --help)")
     sub.add_parser("analyze", help="leaderboard, importance and report of a search (see fsrf analyze --help)")
@@ -225,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["tune"]:  # the search's own parser (tuning/cli.py); Ray is imported only here
         from tuning.cli import main as tune_main
 
-        return tune_main(argv[1:])
+        return tune_main(argv[1:], prog="fsrf tune")
     if argv[:1] == ["final"]:  # final multi-seed training (analysis/_final.py; Ray only if used)
         from analysis._final import main as final_main
 

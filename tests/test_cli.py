@@ -125,3 +125,14 @@ def test_a_checkpoint_whose_weights_do_not_fit_its_config_is_a_one_line_error(
     assert main(["evaluate", "--checkpoint", str(out / "edited.pt")]) == 2
     line = _error_line(capsys)
     assert f"edited.pt: the weights do not fit the model its stored config builds (1 tensor(s) of another shape, e.g. {key} (3, 3) in the file" in line
+
+
+def test_version_and_the_tune_subcommand_name_itself(capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("fsrf-tune ") and ", torch " in line and ", Python 3." in line
+    with pytest.raises(SystemExit):
+        main(["tune", "--help"])
+    assert capsys.readouterr().out.startswith("usage: fsrf tune ")

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from fsrf._errors import FSRFError
+from tuning._store_write import STORE_DIR
 
 MIRROR_PERIOD_S = 30.0
 STAGING_ROOT = Path("~/.cache/fsrf-tune/staging")
@@ -86,7 +87,7 @@ def mirror(local: Path, uri: str, *, delete: bool = False) -> None:
         fs.delete_file(f"{base}/{rel}")
 
 
-def store_copy(uri: str, store_dir: str = "store") -> tempfile.TemporaryDirectory:
+def store_copy(uri: str, store_dir: str = STORE_DIR) -> tempfile.TemporaryDirectory:
     """A temporary local copy of the trial store at ``uri`` (a store, or an experiment holding
     ``store/``; Tune's own files are not fetched). Use as a context manager."""
     fs, base = resolve(uri)

@@ -25,10 +25,10 @@ from fsrf._provenance import provenance
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
 from tuning._remote import download, is_uri, mirror, resolve, staging_dir
+from tuning._store_write import STORE_DIR
 from tuning.space import SearchSpace, load_space
 
 STATE_FILE = "fsrf_search.json"
-STORE_DIR = "store"
 BEST_FILE = "best.yaml"
 WORK_DIR = ".fsrf-work"
 """A trial's scratch directory inside its trial directory (``tuning.trainable.work_dir``)."""

@@ -24,6 +24,7 @@ from tuning._store_write import (
     PART_SUFFIX,
     PARTS_DIR,
     RESULT,
+    STORE_DIR,
     WAL_DIR,
     WAL_SUFFIX,
     merge_types,
@@ -32,7 +33,6 @@ from tuning._store_write import (
 )
 from tuning._store_write import conform_table as _conform
 
-STORE_DIR = "store"
 STATUS = {"complete": "COMPLETE", "pruned": "PRUNED", "error": "ERROR", "discarded": "DISCARDED"}
 """Terminal events and the status they give a trial; a trial without one is ``RUNNING``."""
 KEYS = ["trial_id", "iteration", "attempt", "session", "seq", "event", "message"]

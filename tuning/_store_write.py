@@ -33,6 +33,8 @@ TMP_PREFIX = ".tmp-"
 QUARANTINE_DIR = "quarantine"
 """Where files that cannot be read whole are moved (never deleted): ``quarantine/wal``, ``quarantine/parts``."""
 CONFIG_PREFIX = "config."
+STORE_DIR = "store"
+"""The trial store's directory inside an experiment directory (``<storage>/<name>/store``)."""
 META_PREFIX = "fsrf.store."
 
 RESULT = "result"

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from fsrf import OBJECTIVE, save_config, with_overrides
+from tuning._store_write import CONFIG_PREFIX
 from tuning.space import SearchSpace
 from tuning.store import read_results, read_trials
-
-CONFIG_PREFIX = "config."
 
 
 def ranked_trials(store: Path, *, mode: str) -> list[dict[str, Any]]:

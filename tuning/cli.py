@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fsrf._errors import FSRFError
+from fsrf._provenance import version_line
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "spaces" / "default.yaml"
 SMOKE = {
@@ -32,8 +33,8 @@ SMOKE = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tune.py", description="Ray Tune x Optuna search over FSRF's loss weights "
+def build_parser(prog: str = "tune.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Ray Tune x Optuna search over FSRF's loss weights "
                                 "and missing-rate curricula; every trial goes to an Arrow store.")
     what = p.add_argument_group("what to search")
     what.add_argument("--space", default=None, help="search space YAML (default: tuning/spaces/default.yaml; "
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     sched.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every k epochs (default: 1)")
     sched.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: 2)")
     sched.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
+    p.add_argument("--version", action="version", version=version_line())
     p.add_argument("--smoke-test", action="store_true",
                    help="a tiny search: 4 trials of 2 epochs on small data, unless flags say otherwise")
     return p
@@ -136,9 +138,9 @@ def _smoke_overrides(space: str) -> tuple[str, ...]:
     return tuple(o for o in SMOKE["overrides"] if not o.startswith("model.") or o.split("=")[0].removeprefix("model.") in fields)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "tune.py") -> int:
     """Parse arguments and run the search; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     try:
         from tuning._run import SearchStopped, run_search
 

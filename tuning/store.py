@@ -67,6 +67,7 @@ from tuning._store_write import (
     CONFIG_PREFIX,
     EVENTS,
     SCHEMA_VERSION,
+    STORE_DIR,
     StoreWriteError,
     TornSegmentWarning,
     TrialStoreWriter,
@@ -87,9 +88,11 @@ def clear_write_fault(root: str | os.PathLike[str]) -> None:
     _WRITE_FAULTS.pop(str(Path(root)), None)
 
 __all__ = [
+    "CONFIG_PREFIX",
     "EVENTS",
     "SCHEMA_VERSION",
     "STATUS",
+    "STORE_DIR",
     "ArrowStoreCallback",
     "StoreWriteError",
     "TornSegmentWarning",
