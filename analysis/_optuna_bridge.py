@@ -3,9 +3,13 @@
 Each trial becomes a :class:`optuna.trial.FrozenTrial` with the parameters the space
 drew for it and their distributions (the ``<name>:off`` switches included; conditional
 params only where they were sampled), the objective per epoch as intermediate values,
-and its state: COMPLETE (value: the last reported objective), PRUNED (value: its last
-objective, as Optuna records a pruned trial), ERROR -> FAIL, RUNNING -> RUNNING.
-Store attributes go to ``user_attrs`` (``trial_id``, ``status``, ``epochs``, ``error``).
+and its state: COMPLETE and PRUNED, ERROR -> FAIL, RUNNING -> RUNNING. A trial's value is
+the one the leaderboard ranks by: its **best epoch's** objective (the project's one
+definition of a trial's value); the last epoch's is kept in ``user_attrs["last_objective"]``.
+With ``--multi-objective`` the values are the best epoch's (by the robust objective) pair.
+Trials are added in the order they ran (their first report), with their real start and
+completion times (first and last report), and the study's metric names are set. Store
+attributes go to ``user_attrs`` (``trial_id``, ``status``, ``epochs``, ``error``).
 """
 
 from __future__ import annotations
@@ -73,6 +77,17 @@ def trial_params(
     return params, dists
 
 
+def _naive(moment: Any) -> Any:
+    """A stored UTC timestamp as the naive local time Optuna keeps (as ``datetime.now()`` gives)."""
+    return moment.astimezone().replace(tzinfo=None) if getattr(moment, "tzinfo", None) else moment
+
+
+def _first_ts(rows: list[dict[str, Any]]) -> Any:
+    """When a trial first reported (a trial that never did sorts last)."""
+    times = [r["ts"] for r in rows if r["ts"] is not None]
+    return (0, min(times)) if times else (1, None)
+
+
 def open_storage(storage: str | os.PathLike[str] | None) -> Any:
     """An Optuna storage: None (in memory), an RDB URL (``sqlite:///study.db``) or a journal file path."""
     if storage is None:
@@ -122,33 +137,47 @@ def to_optuna(exp: Experiment, storage: str | os.PathLike[str] | None = None, *,
     study.set_user_attr("fsrf.store", exp.path)
     study.set_user_attr("fsrf.space", str(searched.source))
 
-    results = exp.results.select(["trial_id", "iteration", *keys])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(keys)
+    results = exp.results.select(["trial_id", "iteration", "ts", *keys])
     per_trial: dict[str, list[dict[str, Any]]] = {}
     for row in results.filter(pc.is_valid(results[OBJECTIVE])).to_pylist():
         per_trial.setdefault(row["trial_id"], []).append(row)
     trials = []
-    for trial in exp.trials.to_pylist():
+    sign = 1.0 if mode == "min" else -1.0
+    ran = sorted(exp.trials.to_pylist(), key=lambda t: (_first_ts(per_trial.get(t["trial_id"], [])), t["trial_id"]))
+    for trial in ran:
         trial_id, status = trial["trial_id"], trial["status"]
         params, dists = trial_params(searched, trial_config(trial), f"{exp.name}: trial {trial_id}")
         rows = [r for r in per_trial.get(trial_id, [])
                 if all(math.isfinite(r[k]) for k in keys if r[k] is not None)]
         intermediate = {int(r["iteration"]): float(r[OBJECTIVE]) for r in rows if r["iteration"] is not None}
         last = rows[-1] if rows else None
-        values = None
-        if last is not None and all(last[k] is not None for k in keys):
-            values = [float(last[k]) for k in keys]
+        scored = [r for r in rows if all(r[k] is not None for k in keys)]
+        best = min(scored, key=lambda r: sign * float(r[OBJECTIVE])) if scored else None
+        values = None if best is None else [float(best[k]) for k in keys]
         state = STATES[status]
         if state == TrialState.COMPLETE and values is None:
             state = TrialState.FAIL  # finished without a finite objective: Optuna cannot hold it as complete
         if state not in (TrialState.COMPLETE, TrialState.PRUNED) or (multi and state == TrialState.PRUNED):
             values = None
-        attrs = {"trial_id": trial_id, "status": status, "epochs": trial["iterations"] or 0}
+        attrs = {"trial_id": trial_id, "status": status, "epochs": trial["iterations"] or 0,
+                 "value": "best epoch's objective"}
+        if best is not None:
+            attrs["best_epoch"] = int(best["iteration"])
+        if last is not None and last[OBJECTIVE] is not None:
+            attrs["last_objective"] = float(last[OBJECTIVE])
         if trial["error"]:
             attrs["error"] = trial["error"]
         frozen = optuna.trial.create_trial(
             state=state, values=values, params=params, distributions=dists, user_attrs=attrs,
             intermediate_values=intermediate if not multi else None,
         )
+        times = [_naive(r["ts"]) for r in per_trial.get(trial_id, []) if r["ts"] is not None]
+        if times:
+            frozen.datetime_start = min(times)
+            frozen.datetime_complete = max(times)
         if state == TrialState.RUNNING:
             frozen.datetime_complete = None
         trials.append(frozen)

@@ -221,8 +221,9 @@ def test_optuna_bridge_reads_back_with_optuna(tmp_path: Path, exp: Experiment, k
         assert trial.state.name == states[stored["status"]]
         mine = frame[frame["trial_id"] == stored["trial_id"]]
         assert trial.intermediate_values == pytest.approx(dict(zip(mine["iteration"], mine["objective"])))
-        if stored["status"] == "COMPLETE":
-            assert trial.value == pytest.approx(mine["objective"].iloc[-1])
+        if stored["status"] == "COMPLETE":  # one definition of a trial's value: its best epoch, as the leaderboard
+            assert trial.value == pytest.approx(mine["objective"].min())
+            assert trial.user_attrs["last_objective"] == pytest.approx(mine["objective"].iloc[-1])
         if stored["status"] == "ERROR":
             assert trial.value is None and trial.user_attrs["error"] == stored["error"]
         assert trial.params["optim.lr"] == pytest.approx(stored["config.optim.lr"])
@@ -231,8 +232,16 @@ def test_optuna_bridge_reads_back_with_optuna(tmp_path: Path, exp: Experiment, k
         assert ("model.homo" in trial.params) != trial.params["model.homo:off"]
         assert ("curriculum.sharpness" in trial.params) == (trial.params["curriculum.kind"] == "exponential")
         space.to_config(trial.params)
-    assert study.best_trial.user_attrs["trial_id"] == leaderboard(exp, top=1, status="complete",
-                                                                  reduce="last")[0]["trial_id"]
+    assert study.best_trial.user_attrs["trial_id"] == leaderboard(exp, top=1, status="complete")[0]["trial_id"]
+    assert study.metric_names == ["objective"]
+    # trials in the order they ran, with their real times (first and last report)
+    firsts = frame.groupby("trial_id")["ts"].min()
+    ordered = [t.user_attrs["trial_id"] for t in sorted(study.trials, key=lambda t: t.number)]
+    reported = [t for t in ordered if t in firsts.index]
+    assert reported == sorted(reported, key=lambda t: (firsts[t], t))
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all(t.datetime_complete >= t.datetime_start for t in done)
+    assert any(t.datetime_complete > t.datetime_start for t in done)
 
 
 # -- CLI -------------------------------------------------------------------------------------
