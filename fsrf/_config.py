@@ -49,7 +49,7 @@ class DataConfig:
     every domain but ``target``, select on their validation splits, test on ``target``'s test
     split. Domains are MMSA datasets (``mosi``, ``mosei``, ``sims``, one ``domain_paths`` file
     each; ``dataset`` must be the target's, whose metrics are reported) or, with ``dataset:
-    synthetic``, synthetic domains with a planted shift (``synthetic_shift``). Each domain's own
+    synthetic``, synthetic domains with a planted shift (``domain_shift``). Each domain's own
     feature dims are recorded in ``domain_<m>_dims`` (per-domain input projections read them);
     ``<m>_dim`` is their maximum, the width the features are zero-padded to.
     """
@@ -80,7 +80,7 @@ class DataConfig:
     domain_text_dims: tuple[int, ...] = ()
     domain_audio_dims: tuple[int, ...] = ()
     domain_vision_dims: tuple[int, ...] = ()
-    synthetic_shift: float = 1.0
+    domain_shift: float = 1.0
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "dataset", DATASETS)
@@ -111,7 +111,7 @@ class DataConfig:
 
     def _check_domains(self) -> None:
         """The DG keys agree with each other (one-line errors naming the key)."""
-        _check(self.synthetic_shift >= 0, "synthetic_shift", f"{self.synthetic_shift} must be >= 0")
+        _check(self.domain_shift >= 0, "domain_shift", f"{self.domain_shift} must be >= 0")
         if not self.domains:
             for key in ("target", "domain_paths", *(f"domain_{m}_dims" for m in MODALITIES)):
                 _check(getattr(self, key) in (None, ()), key,

@@ -60,7 +60,7 @@ def load_domains(cfg: DataConfig) -> MultimodalDataset:
                 file = Path(tmp) / f"domain{k}.pkl"
                 save_mmsa(file, make_domain(
                     seed=cfg.synthetic_seed, k=k, dims=[domain_dims(cfg, j) for j in range(len(cfg.domains))],
-                    shift=cfg.synthetic_shift, n_train=cfg.synthetic_train, n_valid=cfg.synthetic_valid,
+                    shift=cfg.domain_shift, n_train=cfg.synthetic_train, n_valid=cfg.synthetic_valid,
                     n_test=cfg.synthetic_test, **{f"{m}_len": getattr(cfg, f"{m}_len") for m in MODALITIES}))
                 dataset = dataclasses.replace(load_mmsa(file, name="synthetic"), source=f"synthetic domain {k}")
             else:
