@@ -10,7 +10,15 @@ from typing import Any
 from fsrf._config import DataConfig
 from fsrf._constants import MODALITIES
 from fsrf._errors import FSRFError
-from fsrf.data import MultimodalDataset, assemble_domains, load_mmsa, make_domain, make_recovery, make_synthetic, save_mmsa
+from fsrf.data import (
+    MultimodalDataset,
+    assemble_domains,
+    load_mmsa,
+    make_domain,
+    make_recovery,
+    make_synthetic,
+    save_mmsa,
+)
 from fsrf.model._text import TOKEN_CHANNELS, check_text_dim, check_tokens, read_text_model
 
 

@@ -39,7 +39,7 @@ def dg():
 
 
 def test_assembly_pads_to_the_widest_domain_records_domains_and_keeps_the_target_out(dg) -> None:
-    config, data = dg
+    _, data = dg
     assert data.name == "synthetic" and data.train.dims() == {"text": 32, "audio": 12, "vision": 16}
     assert data.train.extras["domain"].bincount().tolist() == [40, 40]  # sources a, b only
     assert data.valid.extras["domain"].bincount().tolist() == [16, 16]

@@ -134,7 +134,7 @@ def _pad_split(split: Split, dims: dict[str, int], lengths: dict[str, int], doma
     features, valid = {}, {}
     for m in MODALITIES:
         x, v = split.features[m], split.valid[m]
-        n, t, d = x.shape
+        _, t, d = x.shape
         if t > lengths[m] or d > dims[m]:
             raise FSRFError(f"domain {name!r}: {m} is {t}x{d}, wider than the padded {lengths[m]}x{dims[m]}")
         features[m] = torch.nn.functional.pad(x, (0, dims[m] - d, 0, lengths[m] - t))
@@ -177,8 +177,7 @@ def assemble_domains(
     """
     if len(datasets) != len(names) or target not in names or len(set(names)) != len(names):
         raise FSRFError(f"domains: {list(names)} with target {target!r} and {len(datasets)} datasets do not agree")
-    padded = [(k, d, names[k]) for k, d in enumerate(datasets)]
-    sources = [(k, d, n) for k, d, n in padded if n != target]
+    sources = [(k, d, names[k]) for k, d in enumerate(datasets) if names[k] != target]
     k_target = names.index(target)
     test = datasets[k_target].test
     return MultimodalDataset(
@@ -186,5 +185,5 @@ def assemble_domains(
         train=_concat([_pad_split(d.train, dims, lengths, k, n) for k, d, n in sources]),
         valid=_concat([_pad_split(d.valid, dims, lengths, k, n) for k, d, n in sources]),
         test=None if test is None else _pad_split(test, dims, lengths, k_target, target),
-        source=" + ".join(f"{n}={d.source or n}" for _, d, n in padded) + f" (target {target})",
+        source=" + ".join(f"{n}={d.source or n}" for n, d in zip(names, datasets)) + f" (target {target})",
     )

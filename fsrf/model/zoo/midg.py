@@ -147,7 +147,8 @@ class MIDG(BaseModel):
              "no public code")
     faithful = ("only the named parts of the abstract: a mixture of experts trained for domain-invariant "
                 "features, a cross-modal adapter injecting the other modalities' knowledge, domain "
-                "generalisation evaluated leave-one-dataset-out over MOSI, MOSEI, SIMS")
+                "generalisation over MOSI, MOSEI, SIMS (the paper's exact split is not public; here "
+                "leave-one-dataset-out)")
     deviations = ("reconstructed, not MIDG: everything beyond the abstract is this project's design. "
                   "Invariance = V-REx (variance of per-source-domain task risks in a batch); experts = "
                   "E MLPs over the concatenated unimodal vectors with a softmax router and a load-balance "
