@@ -12,7 +12,8 @@ dim, H = ``model.hidden``, E = ``model.experts``, r = ``model.adapter_dim``.
 * Input projections (domains differ in their feature dims, so per-domain projections):
   for a sample of domain k, ``P_m(x[..., :c_m]) + s_k * Q_{k,m}(x[..., :D_m^k])``, each Linear to
   H: ``Q_{k,m}`` is domain k's own projection (reads only its D_m^k columns), ``P_m`` a shared one
-  over the c_m = min_k D_m^k columns every domain has. An unseen domain (the DG target, or a
+  over the c_m = min_k D_m^k columns every domain has (``model.shared_input: common``; ``padded``:
+  all D_m padded columns, zero where a domain has none, as a model without domains reads them). An unseen domain (the DG target, or a
   sample without a domain) uses ``P_m`` alone (s_k = 0); in training each source sample skips
   its own projection with probability ``model.domain_dropout`` (s_k = 0), so ``P_m`` alone is
   trained to predict, as the target needs. Without DG (``data.domains`` empty) there is one
@@ -75,6 +76,7 @@ class MIDGConfig(BaseModelConfig):
     experts: int = 4
     adapter_dim: int = 16
     domain_dropout: float = 0.5
+    shared_input: str = "common"
     vrex: float = 1.0
     balance: float = 0.01
 
@@ -86,6 +88,8 @@ class MIDGConfig(BaseModelConfig):
         check(self.heads >= 1 and self.hidden % self.heads == 0, "heads",
               f"{self.heads} must be >= 1 and divide model.hidden={self.hidden}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
+        check(self.shared_input in ("common", "padded"), "shared_input",
+              f"{self.shared_input!r} is not one of common, padded")
         check(0.0 <= self.domain_dropout <= 1.0, "domain_dropout", f"{self.domain_dropout} must be in [0, 1]")
         check_weights(self, ("vrex", "balance"))
 
@@ -173,7 +177,8 @@ class MIDG(BaseModel):
         else:
             own, seen = [data.dims()], [True]
         self.own_dims = own
-        self.common = {m: min(d[m] for d in own) for m in MODALITIES}
+        widest = mc.shared_input == "padded"
+        self.common = {m: (max if widest else min)(d[m] for d in own) for m in MODALITIES}
         self.register_buffer("seen", torch.tensor(seen), persistent=False)
         self.domain_dropout = mc.domain_dropout
         self.own = nn.ModuleList(nn.ModuleDict({m: nn.Linear(d[m], h) for m in MODALITIES}) for d in own)
