@@ -121,7 +121,9 @@ def test_per_domain_projections_read_only_their_own_columns_and_the_target_only_
     with isolated_rng(0):
         model = build_model(config).eval()
     assert [model.own[k]["vision"].in_features for k in range(3)] == [16, 12, 14]
-    assert model.shared["audio"].in_features == 8 and model.extras == ("domain",)
+    assert model.shared["audio"].in_features == 8 and model.extras == ("domain",)  # the columns all domains have
+    padded = build_model(config_from_dict({**DG, "model": {**DG["model"], "shared_input": "padded"}}, source="t"))
+    assert padded.shared["audio"].in_features == 12  # every padded column
     batch = data.train.take(torch.tensor([0, 1, 50, 51]))  # two of domain a, two of domain b
     before = model(batch.features, batch.valid, extras=batch.extras).pred
     noisy = {m: x.clone() for m, x in batch.features.items()}
