@@ -44,6 +44,14 @@ class DataConfig:
     or ``tokens`` (``text_bert``'s ids through the BERT-family model in the local directory
     ``text_model``, frozen or with ``text_finetune``; ``text_dim`` is then its hidden size;
     see :mod:`fsrf.model._text`).
+
+    Domain generalisation (DG) when ``domains`` is not empty (:mod:`fsrf.data._domains`): train on
+    every domain but ``target``, select on their validation splits, test on ``target``'s test
+    split. Domains are MMSA datasets (``mosi``, ``mosei``, ``sims``, one ``domain_paths`` file
+    each; ``dataset`` must be the target's, whose metrics are reported) or, with ``dataset:
+    synthetic``, synthetic domains with a planted shift (``domain_shift``). Each domain's own
+    feature dims are recorded in ``domain_<m>_dims`` (per-domain input projections read them);
+    ``<m>_dim`` is their maximum, the width the features are zero-padded to.
     """
 
     dataset: str = "synthetic"
@@ -66,9 +74,17 @@ class DataConfig:
     text_model: str | None = None
     text_finetune: bool = False
     text_checkpointing: bool = False
+    domains: tuple[str, ...] = ()
+    target: str | None = None
+    domain_paths: tuple[str, ...] = ()
+    domain_text_dims: tuple[int, ...] = ()
+    domain_audio_dims: tuple[int, ...] = ()
+    domain_vision_dims: tuple[int, ...] = ()
+    domain_shift: float = 1.0
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "dataset", DATASETS)
+        self._check_domains()
         _one_of(self.text_input, "text_input", TEXT_INPUTS)
         if self.text_input == "tokens":
             _check(bool(self.text_model), "text_model",
@@ -92,6 +108,42 @@ class DataConfig:
                 _check(getattr(self, key) >= 1, key, f"{getattr(self, key)} must be >= 1")
         for key in ("synthetic_train", "synthetic_valid", "synthetic_test"):
             _check(getattr(self, key) >= 2, key, f"{getattr(self, key)} must be >= 2")
+
+    def _check_domains(self) -> None:
+        """The DG keys agree with each other (one-line errors naming the key)."""
+        _check(self.domain_shift >= 0, "domain_shift", f"{self.domain_shift} must be >= 0")
+        if not self.domains:
+            for key in ("target", "domain_paths", *(f"domain_{m}_dims" for m in MODALITIES)):
+                _check(getattr(self, key) in (None, ()), key,
+                       f"{getattr(self, key)!r} is read only with data.domains (domain generalisation); leave it empty")
+            return
+        n = len(self.domains)
+        _check(n >= 2, "domains", f"{list(self.domains)} needs at least two domains (sources and a target)")
+        _check(len(set(self.domains)) == n, "domains", f"{list(self.domains)} names a domain twice")
+        _check(self.target in self.domains, "target",
+               f"{self.target!r} is not one of data.domains ({', '.join(self.domains)})")
+        _check(self.path is None, "path", "must be null with data.domains (each domain has its own file: data.domain_paths)")
+        _check(self.text_input == "features", "text_input", "domain generalisation reads text features only")
+        for m in MODALITIES:
+            key, dims = f"domain_{m}_dims", getattr(self, f"domain_{m}_dims")
+            _check(len(dims) == n, key, f"{list(dims)} has {len(dims)} entries, expected one per domain ({n})")
+            _check(all(d >= 1 for d in dims), key, f"{list(dims)}: every dim must be >= 1")
+            _check(getattr(self, f"{m}_dim") == max(dims), f"{m}_dim",
+                   f"{getattr(self, f'{m}_dim')} must be the largest of data.{key} ({max(dims)}), "
+                   "the width every domain is zero-padded to")
+        if self.dataset == "synthetic":
+            _check(not self.domain_paths, "domain_paths", "synthetic domains are generated; leave it empty")
+        else:
+            real = [d for d in self.domains if d not in DATASETS[1:]]
+            _check(not real, "domains", f"{', '.join(real)}: with real data every domain is one of mosi, mosei, sims")
+            _check(self.target == self.dataset, "dataset",
+                   f"{self.dataset!r} must be the target domain {self.target!r} (its metrics are reported)")
+            _check(len(self.domain_paths) == n, "domain_paths",
+                   f"{len(self.domain_paths)} paths, expected one MMSA pickle per domain ({n})")
+
+    def source_domains(self) -> tuple[str, ...]:
+        """The DG training domains: every domain but the target (empty without DG)."""
+        return tuple(d for d in self.domains if d != self.target)
 
     def dims(self) -> dict[str, int]:
         """Feature dimension per modality, in modality order."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,15 @@ from typing import Any
 from fsrf._config import DataConfig
 from fsrf._constants import MODALITIES
 from fsrf._errors import FSRFError
-from fsrf.data import MultimodalDataset, load_mmsa, make_recovery, make_synthetic, save_mmsa
+from fsrf.data import (
+    MultimodalDataset,
+    assemble_domains,
+    load_mmsa,
+    make_domain,
+    make_recovery,
+    make_synthetic,
+    save_mmsa,
+)
 from fsrf.model._text import TOKEN_CHANNELS, check_text_dim, check_tokens, read_text_model
 
 
@@ -22,6 +31,10 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
     Raises:
         FSRFError: no path for a real dataset, or the file's shapes disagree with ``data.*``.
     """
+    if cfg.domains:
+        if path is not None:
+            raise FSRFError(f"--data: {path} given, but data.domains reads one file per domain (data.domain_paths)")
+        return load_domains(cfg)
     source = path if path is not None else cfg.path
     if source is None and cfg.dataset != "synthetic":
         raise FSRFError(f"data.path: dataset {cfg.dataset!r} needs an MMSA pickle (--data FILE)")
@@ -34,6 +47,43 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
         dataset = load_mmsa(source, name=cfg.dataset, text_input=cfg.text_input)
     check_shapes(cfg, dataset)
     return dataset
+
+
+def domain_dims(cfg: DataConfig, k: int) -> dict[str, int]:
+    """Domain k's own feature dims (``data.domain_<m>_dims[k]``)."""
+    return {m: getattr(cfg, f"domain_{m}_dims")[k] for m in MODALITIES}
+
+
+def load_domains(cfg: DataConfig) -> MultimodalDataset:
+    """The leave-one-domain-out dataset of ``data.domains`` (:func:`fsrf.data.assemble_domains`).
+
+    Each domain is an MMSA pickle (``data.domain_paths``) or, with ``dataset: synthetic``, a
+    generated domain written to a temporary MMSA file and read back; each is checked against its
+    recorded dims (``data.domain_<m>_dims``) and the padded lengths ``data.<m>_len``.
+    """
+    datasets = []
+    with tempfile.TemporaryDirectory(prefix="fsrf-domains-") as tmp:
+        for k, name in enumerate(cfg.domains):
+            if cfg.dataset == "synthetic":
+                file = Path(tmp) / f"domain{k}.pkl"
+                save_mmsa(file, make_domain(
+                    seed=cfg.synthetic_seed, k=k, dims=[domain_dims(cfg, j) for j in range(len(cfg.domains))],
+                    shift=cfg.domain_shift, n_train=cfg.synthetic_train, n_valid=cfg.synthetic_valid,
+                    n_test=cfg.synthetic_test, **{f"{m}_len": getattr(cfg, f"{m}_len") for m in MODALITIES}))
+                dataset = dataclasses.replace(load_mmsa(file, name="synthetic"), source=f"synthetic domain {k}")
+            else:
+                dataset = load_mmsa(cfg.domain_paths[k], name=name)
+            dims, lens, where = dataset.train.dims(), dataset.train.lengths(), dataset.source or name
+            for m in MODALITIES:
+                if dims[m] != domain_dims(cfg, k)[m]:
+                    raise FSRFError(f"data.domain_{m}_dims: config says {domain_dims(cfg, k)[m]} for domain {name!r} "
+                                    f"but {where} has {dims[m]} {m} features")
+                if lens[m] > getattr(cfg, f"{m}_len"):
+                    raise FSRFError(f"data.{m}_len: config says {getattr(cfg, f'{m}_len')} but domain {name!r} "
+                                    f"({where}) has {lens[m]} {m} steps (set data.{m}_len={lens[m]})")
+            datasets.append(dataset)
+    return assemble_domains(datasets, names=cfg.domains, target=cfg.target or "", dims=cfg.dims(),
+                            lengths=cfg.lengths(), name=cfg.dataset)
 
 
 def synthetic_data(cfg: DataConfig) -> dict[str, dict[str, Any]]:

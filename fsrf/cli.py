@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsrf._constants import LAST_CHECKPOINT, PATTERN_TABLE, RANDOM_TABLE
+from fsrf._constants import DOMAIN_TABLE, LAST_CHECKPOINT, PATTERN_TABLE, RANDOM_TABLE
 from fsrf._errors import FSRFError
 
 
@@ -91,6 +91,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(random_table.to_text())
     print(f"\n{dataset.name} {args.split} split, whole-modality missing:")
     print(pattern_table.to_text())
+    if config.data.domains:  # domain generalisation: the target domain under both protocols
+        from fsrf.evaluate import domain_table
+
+        where = "target domain" if args.split == "test" else "source domains' validation, not the target"
+        table = domain_table(random_table, pattern_table, target=config.data.target,
+                             sources=config.data.source_domains())
+        written += table.write(out, DOMAIN_TABLE)
+        print(f"\ndomain generalisation ({where}; {args.split} split):")
+        print(table.to_text())
     print("\nwrote " + ", ".join(str(p) for p in written))
     return 0
 

@@ -222,3 +222,24 @@ def modality_pattern_table(
     rows["complete"] = complete
     rows[AVERAGE] = average
     return RobustnessTable("available modalities", rows, model_text_protocol(model))
+
+
+def domain_table(
+    random_table: RobustnessTable,
+    pattern_table: RobustnessTable,
+    *,
+    target: str,
+    sources: Sequence[str],
+) -> RobustnessTable:
+    """The domain-generalisation table: the target domain's rows under both missing protocols.
+
+    Rows: ``<target> complete`` (nothing missing), ``<target> random avg`` (the random table's
+    average over its rates) and ``<target> modality avg`` (the average over the six availability
+    patterns); the title names the source domains the model was trained on.
+    """
+    rows = {
+        f"{target} complete": pattern_table.rows["complete"],
+        f"{target} random avg": random_table.rows[AVERAGE],
+        f"{target} modality avg": pattern_table.rows[AVERAGE],
+    }
+    return RobustnessTable(f"target (sources {'+'.join(sources)})", rows, random_table.text_protocol)

@@ -1,5 +1,6 @@
 """MMSA-format data loading and the built-in synthetic dataset."""
 
+from fsrf.data._domains import assemble_domains, make_domain
 from fsrf.data._mmsa import load_mmsa, save_mmsa
 from fsrf.data._pickle import load_pickle_restricted
 from fsrf.data._recovery import make_recovery
@@ -10,8 +11,10 @@ __all__ = [
     "Batch",
     "MultimodalDataset",
     "Split",
+    "assemble_domains",
     "load_mmsa",
     "load_pickle_restricted",
+    "make_domain",
     "make_recovery",
     "make_synthetic",
     "save_mmsa",
