@@ -31,11 +31,11 @@ def _train(args: argparse.Namespace) -> int:
     from fsrf._yaml import load_config
     from fsrf.train import train
 
-    config = load_config(args.config, args.set)
+    # --stage: a model trained in stages has a `stage` key in its section; applied with the --set pairs
+    stage = [] if args.stage is None else [f"model.stage={args.stage}"]
+    config = load_config(args.config, [*args.set, *stage])
     if args.data is not None:
         config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
-    if args.stage is not None:  # a model trained in stages has a `stage` key in its section
-        config = with_overrides(config, {"model.stage": args.stage}, source="--stage")
     out = Path(args.out)
     resume = None
     if args.resume:
