@@ -46,9 +46,8 @@ class DataConfig:
     see :mod:`fsrf.model._text`).
 
     ``prompts`` is a CSV of per-clip text prompts (``video_id,clip_id,prompt``, MMSLF's format),
-    joined on the MMSA ids and encoded as ``prompt_len`` hashed word/word-pair ids in
-    ``prompt_buckets`` buckets into ``Split.extras["prompt"]`` (:mod:`fsrf.data._prompts`), for a
-    model that reads prompts (``mmslf``).
+    joined on the MMSA ids and encoded as hashed word/word-pair ids into ``Split.extras["prompt"]``
+    (:mod:`fsrf.data._prompts`), for a model that reads prompts (``mmslf``).
     """
 
     dataset: str = "synthetic"
@@ -72,13 +71,9 @@ class DataConfig:
     text_finetune: bool = False
     text_checkpointing: bool = False
     prompts: str | None = None
-    prompt_len: int = 48
-    prompt_buckets: int = 4096
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "dataset", DATASETS)
-        _check(self.prompt_len >= 1, "prompt_len", f"{self.prompt_len} must be >= 1")
-        _check(self.prompt_buckets >= 2, "prompt_buckets", f"{self.prompt_buckets} must be >= 2")
         _one_of(self.text_input, "text_input", TEXT_INPUTS)
         if self.text_input == "tokens":
             _check(bool(self.text_model), "text_model",

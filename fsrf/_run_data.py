@@ -37,7 +37,7 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
     if cfg.prompts is not None:
         from fsrf.data._prompts import attach_prompts
 
-        dataset = attach_prompts(dataset, cfg.prompts, length=cfg.prompt_len, buckets=cfg.prompt_buckets)
+        dataset = attach_prompts(dataset, cfg.prompts)
     return dataset
 
 

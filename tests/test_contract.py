@@ -11,6 +11,7 @@ from tests_support import TINY
 
 from fsrf import MODALITIES, Config, FSRFError, config_from_dict, load_checkpoint, train, with_overrides
 from fsrf._rng import isolated_rng
+from fsrf.data._prompts import HASH_SPACE, MAX_LEN
 from fsrf.missing import apply_keep, eval_keep, pattern_keep
 from fsrf.model import BaseModel, build_model, model_class, model_names
 
@@ -40,7 +41,7 @@ def _build(config: Config, seed: int = 0) -> BaseModel:
 
 # synthetic side inputs by name (Split.extras), for models that read them (BaseModel.extras)
 SIDE_INPUTS = {
-    "prompt": lambda config, n, g: torch.randint(1, config.data.prompt_buckets, (n, config.data.prompt_len), generator=g),
+    "prompt": lambda config, n, g: torch.randint(1, HASH_SPACE, (n, MAX_LEN), generator=g),  # hashed prompt ids
 }
 
 

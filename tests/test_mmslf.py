@@ -12,17 +12,17 @@ from tests_support import TINY
 from fsrf import MODALITIES, FSRFError, config_from_dict, load_checkpoint
 from fsrf._rng import isolated_rng
 from fsrf.cli import main
-from fsrf.data._prompts import encode_prompt, prompts_csv, read_prompts, synthetic_prompts
+from fsrf.data._prompts import HASH_SPACE, MAX_LEN, encode_prompt, fold, prompts_csv, read_prompts, synthetic_prompts
 from fsrf.model import EpochInfo, TrainBatch, build_model
 from fsrf.model.zoo.mmslf import MMSLF
 from fsrf._run_data import synthetic_data
 
-SMALL = {**TINY["data"], "text_len": 8, "audio_len": 10, "vision_len": 10, "prompt_len": 12,
-         "prompt_buckets": 97}
+SMALL = {**TINY["data"], "text_len": 8, "audio_len": 10, "vision_len": 10}
+PROMPT = {"prompt_len": 12, "prompt_buckets": 97}
 
 
 def _config(**model):
-    return config_from_dict({**TINY, "data": SMALL, "model": {"name": "mmslf", "hidden": 16, **model}})
+    return config_from_dict({**TINY, "data": SMALL, "model": {"name": "mmslf", "hidden": 16, **PROMPT, **model}})
 
 
 def _model(seed: int = 0, **model) -> MMSLF:
@@ -36,7 +36,7 @@ def _batch(config, b: int = 5, seed: int = 0):
     x = {m: torch.randn(b, lens[m], dims[m], generator=g) for m in MODALITIES}
     valid = {m: torch.ones(b, lens[m], dtype=torch.bool) for m in MODALITIES}
     valid["vision"][1, 4:] = False
-    prompt = torch.randint(1, config.data.prompt_buckets, (b, config.data.prompt_len), generator=g)
+    prompt = torch.randint(1, HASH_SPACE, (b, MAX_LEN), generator=g)  # the loader's ids
     return x, valid, prompt, torch.randn(b, generator=g)
 
 
@@ -49,6 +49,10 @@ def test_the_csv_joins_on_the_mmsa_ids_and_bad_files_are_one_line_errors(tmp_pat
     # word, word, pair, word, pair (reading order), then padding
     assert ids[0] == ids[1] and len({ids[0], ids[2], ids[3], ids[4]}) == 4 and ids[-1] == 0 and all(0 <= i < 50 for i in ids)
     assert encode_prompt("smiles smiles a", length=6, buckets=50) == ids  # case-blind, stable hash
+    full = torch.tensor([encode_prompt("Smiles smiles a")])
+    assert full.shape == (1, MAX_LEN) and int(full.max()) < HASH_SPACE
+    folded = fold(full, length=4, buckets=7)
+    assert folded.shape == (1, 4) and bool(((folded >= 1) & (folded < 7)).all()) and folded[0, 0] == folded[0, 1]
     cases = {
         "missing.csv": (None, r"does not exist; per-clip prompts come from a CSV"),
         "header.csv": ("video,clip_id,prompt\nv,1,x\n", r"header.csv:1: header video,clip_id,prompt lacks column\(s\) video_id"),
@@ -65,6 +69,7 @@ def test_the_csv_joins_on_the_mmsa_ids_and_bad_files_are_one_line_errors(tmp_pat
 
 def test_a_clip_without_a_prompt_or_no_prompt_file_stops_the_cli_with_one_line(tmp_path, capsys) -> None:
     args = ["train", "--config", "configs/mmslf.yaml", "--quiet", *(f"--set=data.{k}={v}" for k, v in SMALL.items()),
+            *(f"--set=model.{k}={v}" for k, v in PROMPT.items()),
             "--set=train.epochs=2", "--set=missing.valid_rates=[0.0]"]
     short = tmp_path / "short.csv"
     short.write_text("video_id,clip_id,prompt\nsynvid0,0,hello\n")
@@ -95,7 +100,7 @@ def test_synthetic_cues_carry_the_clean_score() -> None:
 def test_the_teacher_reads_the_prompt_through_its_modulated_attention_and_the_student_does_not() -> None:
     model = _model().eval()
     x, valid, prompt, _ = _batch(model_config := _config())
-    other = torch.randint(1, model_config.data.prompt_buckets, prompt.shape, generator=torch.Generator().manual_seed(9))
+    other = torch.randint(1, HASH_SPACE, prompt.shape, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         t1, t2 = model.teacher(x, valid, prompt), model.teacher(x, valid, other)
         s1 = model(x, valid, extras={"prompt": prompt})
@@ -147,6 +152,7 @@ def test_the_student_stage_freezes_the_teacher_and_distils_its_complete_input_ta
 
 def test_both_stages_through_the_cli(tmp_path) -> None:
     base = ["--config", "configs/mmslf.yaml", *(f"--set=data.{k}={v}" for k, v in SMALL.items()),
+            *(f"--set=model.{k}={v}" for k, v in PROMPT.items()),
             "--set=data.synthetic_train=160", "--set=missing.valid_rates=[0.0]", "--set=train.num_threads=1"]
     prompts = tmp_path / "prompts.csv"
     assert main(["prompts", *base, "--out", str(prompts)]) == 0

@@ -1,6 +1,6 @@
 """Per-clip text prompts (MMSLF): read a user's CSV, join it on the MMSA ids, encode it offline.
 
-Shape legend: N samples of a split, P = ``data.prompt_len`` prompt token positions.
+Shape legend: N samples of a split, P = :data:`MAX_LEN` prompt id positions.
 
 The CSV is the one MMSLF's prompt generator (``preprocess/Generate_Prompt.py``) writes: a header
 with at least ``video_id``, ``clip_id`` and ``prompt`` (other columns, e.g. ``label`` and
@@ -9,9 +9,10 @@ with at least ``video_id``, ``clip_id`` and ``prompt`` (other columns, e.g. ``la
 
 Encoding (the documented offline prompt encoder): the prompt is lower-cased and split into words
 (``[a-z0-9']+``); each word and each pair of adjacent words is hashed with CRC-32 into
-``1 .. buckets - 1`` (0 is padding), in reading order (word i, then the pair ending at word i),
-truncated or zero-padded to P. The ids go to ``Split.extras["prompt"]`` as (N, P) long; the
-model embeds them (hashed n-gram embeddings).
+``1 .. HASH_SPACE - 1`` (0 is padding), in reading order (word i, then the pair ending at word i),
+truncated or zero-padded to P = :data:`MAX_LEN`. The ids go to ``Split.extras["prompt"]`` as
+(N, P) long; a model folds them into its own buckets and keeps its own first positions
+(:func:`fold`), then embeds them (hashed n-gram embeddings).
 
 :func:`synthetic_prompts` writes the matching CSV for the synthetic recovery data: its cue words
 carry the planted clean sentiment score (the label without its noise), with noise, which the
@@ -44,6 +45,10 @@ ID_SEPARATOR = "$_$"
 HOW_TO = ("per-clip prompts come from a CSV with columns video_id,clip_id,prompt (the file MMSLF's "
           "preprocess/Generate_Prompt.py writes; for synthetic data `fsrf prompts --config C --out F` "
           "writes one with planted cues); set data.prompts to its path")
+MAX_LEN = 64
+"""P, the id positions the loader keeps per prompt (a model may read fewer)."""
+HASH_SPACE = 2**20
+"""The ids the loader writes lie in 1 .. HASH_SPACE - 1 (0 is padding)."""
 _WORD = re.compile(r"[a-z0-9']+")
 
 
@@ -86,7 +91,13 @@ def read_prompts(path: str | Path) -> dict[str, str]:
     return prompts
 
 
-def encode_prompt(text: str, *, length: int, buckets: int) -> list[int]:
+def fold(ids: torch.Tensor, *, length: int, buckets: int) -> torch.Tensor:
+    """(B, P) loader ids -> (B, min(P, length)) ids in ``0 .. buckets - 1`` (0 stays padding)."""
+    ids = ids[:, :length]
+    return torch.where(ids > 0, (ids - 1) % (buckets - 1) + 1, torch.zeros_like(ids))
+
+
+def encode_prompt(text: str, *, length: int = MAX_LEN, buckets: int = HASH_SPACE) -> list[int]:
     """Hashed word and word-pair ids of ``text`` (see the module docstring), P = ``length`` long."""
     words = _WORD.findall(text.lower())
     ids: list[int] = []
@@ -98,8 +109,7 @@ def encode_prompt(text: str, *, length: int, buckets: int) -> list[int]:
     return ids + [0] * (length - len(ids))
 
 
-def encode_split(split: Split, prompts: Mapping[str, str], *, length: int, buckets: int,
-                 source: str, name: str) -> Split:
+def encode_split(split: Split, prompts: Mapping[str, str], *, source: str, name: str) -> Split:
     """``split`` with ``extras["prompt"]`` (N, P) long from ``prompts`` joined on its ids.
 
     Raises:
@@ -110,19 +120,18 @@ def encode_split(split: Split, prompts: Mapping[str, str], *, length: int, bucke
         if key not in prompts:
             raise FSRFError(f"data.prompts: {source}: no prompt for clip {key!r} (split {name!r}); the CSV needs "
                             "one row per clip of every split")
-        rows.append(encode_prompt(prompts[key], length=length, buckets=buckets))
-    ids = torch.tensor(rows, dtype=torch.long).reshape(len(split), length)
+        rows.append(encode_prompt(prompts[key]))
+    ids = torch.tensor(rows, dtype=torch.long).reshape(len(split), MAX_LEN)
     return dataclasses.replace(split, extras={**split.extras, PROMPT: ids})
 
 
-def attach_prompts(dataset: MultimodalDataset, path: str | Path, *, length: int, buckets: int) -> MultimodalDataset:
+def attach_prompts(dataset: MultimodalDataset, path: str | Path) -> MultimodalDataset:
     """``dataset`` with every split's encoded prompts in ``extras["prompt"]`` (see :func:`encode_split`)."""
     prompts = read_prompts(path)
     splits = {}
     for name in SPLITS:
         split = getattr(dataset, name)
-        splits[name] = None if split is None else encode_split(split, prompts, length=length, buckets=buckets,
-                                                               source=str(path), name=name)
+        splits[name] = None if split is None else encode_split(split, prompts, source=str(path), name=name)
     return dataclasses.replace(dataset, **splits)
 
 

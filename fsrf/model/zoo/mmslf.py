@@ -3,7 +3,7 @@
 NeurIPS 2025), re-implemented from the paper and the notes (the released code has no licence).
 
 Shape legend: B batch, T_m steps of modality m (T_l text), D_m its features, H = ``model.hidden``,
-P = ``data.prompt_len`` prompt ids, h heads, d = ``model.dim_head``, K = ``model.fusion_tokens``.
+P = ``model.prompt_len`` prompt ids, h heads, d = ``model.dim_head``, K = ``model.fusion_tokens``.
 
 Each of the two networks (teacher, student) is:
 
@@ -16,7 +16,7 @@ Each of the two networks (teacher, student) is:
   through Linear(K H, 1) give the prediction.
 
 The teacher also reads the clip's prompt (``extras["prompt"]``, (B, P) hashed word / word-pair
-ids, see :mod:`fsrf.data._prompts`): an embedding of the ids (the offline prompt encoder, hashed
+ids folded into ``prompt_buckets`` buckets, see :mod:`fsrf.data._prompts`): an embedding of the ids (the offline prompt encoder, hashed
 n-gram embeddings) and a Transformer over [T_l learnable tokens; prompt] (``prompt_depth``
 layers) whose first T_l outputs are the prompt features S^P (B, T_l, H). In every cross
 attention layer they modulate the attention (MMSLF's conditional attention): with
@@ -65,7 +65,7 @@ from torch.nn import functional as F
 from fsrf._constants import MODALITIES
 from fsrf._errors import FSRFError
 from fsrf._validate import check, check_one_of
-from fsrf.data._prompts import HOW_TO, PROMPT
+from fsrf.data._prompts import HOW_TO, MAX_LEN, PROMPT, fold
 from fsrf.model._base import BaseModel, BaseModelConfig, EpochInfo, StepOutput, TrainBatch, register_model
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ class MMSLFConfig(BaseModelConfig):
     fusion_heads: int = 6
     fusion_tokens: int = 4
     prompt_depth: int = 2
+    prompt_len: int = 48
+    prompt_buckets: int = 4096
     stage: str = "both"
     teacher_share: float = 1.0 / 3.0
     teacher_from: str | None = None
@@ -109,8 +111,10 @@ class MMSLFConfig(BaseModelConfig):
 
     def __post_init__(self) -> None:
         for key in ("hidden", "heads", "dim_head", "mlp_dim", "teacher_depth", "teacher_fusion_depth",
-                    "student_depth", "student_fusion_depth", "fusion_heads", "fusion_tokens", "prompt_depth"):
+                    "student_depth", "student_fusion_depth", "fusion_heads", "fusion_tokens", "prompt_depth", "prompt_len"):
             check(getattr(self, key) >= 1, key, f"{getattr(self, key)} must be >= 1")
+        check(self.prompt_len <= MAX_LEN, "prompt_len", f"{self.prompt_len} exceeds the {MAX_LEN} ids the loader keeps")
+        check(self.prompt_buckets >= 2, "prompt_buckets", f"{self.prompt_buckets} must be >= 2")
         check(0.0 <= self.dropout < 1.0, "dropout", f"{self.dropout} must be in [0, 1)")
         check_one_of(self.stage, "stage", STAGES)
         check_one_of(self.distill_attention, "distill_attention", ("raw", "modulated"))
@@ -251,8 +255,9 @@ class Net(nn.Module):
         self.head = nn.Linear(c.fusion_tokens * c.hidden, 1)
         self.drop = nn.Dropout(c.dropout)
         if prompted:
-            self.prompt_embed = nn.Embedding(config.data.prompt_buckets, c.hidden, padding_idx=0)
-            self.prompt = TokenTransformer(c, tokens=lens["text"], length=config.data.prompt_len,
+            self.prompt_embed = nn.Embedding(c.prompt_buckets, c.hidden, padding_idx=0)
+            self.prompt_len, self.prompt_buckets = c.prompt_len, c.prompt_buckets
+            self.prompt = TokenTransformer(c, tokens=lens["text"], length=c.prompt_len,
                                            depth=c.prompt_depth, heads=c.heads)
             self.prompt_pos = nn.ParameterDict({m: nn.Parameter(torch.randn(1, lens["text"], c.hidden) * 0.02)
                                                 for m in MODALITIES[1:]})
@@ -266,8 +271,9 @@ class Net(nn.Module):
         if self.prompted:
             if prompt is None:
                 raise FSRFError(f"model 'mmslf': the teacher reads per-clip prompts (side input {PROMPT!r}); {HOW_TO}")
-            emb = self.prompt_embed(prompt).to(h["text"].dtype)  # (B, P, H)
-            s_p = self.prompt(emb, prompt != 0)  # (B, T_l, H)
+            ids = fold(prompt, length=self.prompt_len, buckets=self.prompt_buckets)  # (B, P)
+            emb = self.prompt_embed(ids).to(h["text"].dtype)  # (B, P, H)
+            s_p = self.prompt(emb, ids != 0)  # (B, T_l, H)
         t_len = h["text"].shape[1]
         outs, raws, useds = [], {}, {}
         for m in MODALITIES[1:]:
