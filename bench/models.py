@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import sys
 import time
@@ -68,6 +69,19 @@ def _lstm_flops(total: list, module: torch.nn.LSTM, inputs: tuple, output: objec
     total[0] += 3 * 2 * 4 * width * module.hidden_size * steps * directions * module.num_layers
 
 
+def _with_side_inputs(model, dataset, seed: int = 0):
+    """``dataset`` with random side inputs for a model that reads them (mmslf's hashed prompt ids)."""
+    if not model.extras:
+        return dataset
+    from fsrf.data._prompts import HASH_SPACE, MAX_LEN, PROMPT
+
+    makers = {PROMPT: lambda n, g: torch.randint(1, HASH_SPACE, (n, MAX_LEN), generator=g)}
+    g = torch.Generator().manual_seed(seed)
+    splits = {s: dataclasses.replace(split, extras={k: makers[k](len(split), g) for k in model.extras})
+              for s in ("train", "valid", "test") if (split := getattr(dataset, s)) is not None}
+    return dataclasses.replace(dataset, **splits)
+
+
 def measure(name: str, args: argparse.Namespace, dataset, device: torch.device, *,
             overrides: dict | None = None) -> dict:
     """One model's row; ``overrides`` (e.g. the text input) go on top of its MOSI config."""
@@ -79,6 +93,7 @@ def measure(name: str, args: argparse.Namespace, dataset, device: torch.device, 
     gen = make_generator(config.train.seed)
     with isolated_rng(draw_seed(gen), device):
         model = build_model(config).to(device)
+    dataset = _with_side_inputs(model, dataset)
     ctx = EpochContext.create(config, dataset, model, device, gen)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)

@@ -52,6 +52,10 @@ class DataConfig:
     synthetic``, synthetic domains with a planted shift (``domain_shift``). Each domain's own
     feature dims are recorded in ``domain_<m>_dims`` (per-domain input projections read them);
     ``<m>_dim`` is their maximum, the width the features are zero-padded to.
+
+    ``prompts`` is a CSV of per-clip text prompts (``video_id,clip_id,prompt``, MMSLF's format),
+    joined on the MMSA ids and encoded as hashed word/word-pair ids into ``Split.extras["prompt"]``
+    (:mod:`fsrf.data._prompts`), for a model that reads prompts (``mmslf``).
     """
 
     dataset: str = "synthetic"
@@ -81,6 +85,7 @@ class DataConfig:
     domain_audio_dims: tuple[int, ...] = ()
     domain_vision_dims: tuple[int, ...] = ()
     domain_shift: float = 1.0
+    prompts: str | None = None
 
     def __post_init__(self) -> None:
         _one_of(self.dataset, "dataset", DATASETS)

@@ -23,7 +23,8 @@ from fsrf.model._text import TOKEN_CHANNELS, check_text_dim, check_tokens, read_
 
 
 def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> MultimodalDataset:
-    """Load the MMSA file at ``path`` (or ``data.path``), or build the synthetic dataset.
+    """Load the MMSA file at ``path`` (or ``data.path``), or build the synthetic dataset; with
+    ``data.prompts``, each split's encoded prompts go to ``extras["prompt"]``.
 
     The synthetic dataset is written in the MMSA layout to a temporary file and
     read back through :func:`fsrf.data.load_mmsa`, so every run exercises the loader.
@@ -46,6 +47,10 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
     else:
         dataset = load_mmsa(source, name=cfg.dataset, text_input=cfg.text_input)
     check_shapes(cfg, dataset)
+    if cfg.prompts is not None:
+        from fsrf.data._prompts import attach_prompts
+
+        dataset = attach_prompts(dataset, cfg.prompts)
     return dataset
 
 

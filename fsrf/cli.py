@@ -6,6 +6,7 @@
     fsrf evaluate --checkpoint runs/mosi/best.pt --data /data/MOSI/Processed/unaligned_50.pkl
     fsrf predict --checkpoint runs/mosi/best.pt --data new.pkl --modalities text,audio   # CSV of predictions with ids
     fsrf probe --checkpoint runs/demo/best.pt        # do the parts hold what they should? (R^2 table)
+    fsrf prompts --config configs/mmslf.yaml --out prompts.csv   # synthetic per-clip prompts (data.prompts)
     fsrf models                                      # the registered models: paper, faithful, reconstructed
     fsrf compare --models fsrf plain tfn --config configs/recovery.yaml --budget 120 --final-seeds 3 --out compare/demo
     fsrf tune --space tuning/spaces/mosi.yaml --data ... --name mosi-robust   # = python tune.py ...
@@ -31,7 +32,9 @@ def _train(args: argparse.Namespace) -> int:
     from fsrf._yaml import load_config
     from fsrf.train import train
 
-    config = load_config(args.config, args.set)
+    # --stage: a model trained in stages has a `stage` key in its section; applied with the --set pairs
+    stage = [] if args.stage is None else [f"model.stage={args.stage}"]
+    config = load_config(args.config, [*args.set, *stage])
     if args.data is not None:
         config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
     out = Path(args.out)
@@ -51,6 +54,21 @@ def _train(args: argparse.Namespace) -> int:
         f"{len(config.missing.valid_rates)} validation rates) = {result.best_objective:.4f}"
     )
     print(f"wrote {out}/best.pt; next: fsrf evaluate --checkpoint {out}/best.pt")
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from fsrf._run_data import synthetic_data
+    from fsrf._yaml import atomic_write_text, load_config
+    from fsrf.data._prompts import prompts_csv, synthetic_prompts
+
+    config = load_config(args.config, args.set)
+    if config.data.dataset != "synthetic" or config.data.path is not None:
+        raise FSRFError("--config: fsrf prompts writes the planted-cue prompts of the synthetic data only; for "
+                        "MMSA data use the CSV of MMSLF's preprocess/Generate_Prompt.py (video_id,clip_id,prompt)")
+    rows = synthetic_prompts(synthetic_data(config.data), seed=args.seed, cue_noise=args.cue_noise)
+    atomic_write_text(args.out, prompts_csv(rows))
+    print(f"wrote {len(rows)} prompts to {args.out}; train with --set data.prompts={args.out}")
     return 0
 
 
@@ -197,7 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value by dotted path, e.g. --set model.homo=0.5 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--stage", default=None, metavar="STAGE",
+                   help="for a model trained in stages (a `stage` key in its section, e.g. mmslf: teacher | "
+                   "student): run only this stage; = --set model.stage=STAGE")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser("prompts", help="write the per-clip prompt CSV (planted cues) of the synthetic data, "
+                       "for models that read prompts (data.prompts)")
+    p.add_argument("--config", type=Path, default=None, help="config YAML of the synthetic data (default: built-in)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    p.add_argument("--out", type=Path, required=True, help="the CSV to write (video_id,clip_id,mode,prompt)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the cue noise and filler words (default: 0)")
+    p.add_argument("--cue-noise", type=float, default=0.3,
+                   help="std of the noise added to the clean score before binning it into a cue word (default: 0.3)")
+    p.set_defaults(func=_prompts)
 
     p = sub.add_parser("evaluate", help="robustness tables of a checkpoint on the test split")
     p.add_argument("--checkpoint", type=Path, required=True, help="a best.pt or last.pt")

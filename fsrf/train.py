@@ -237,9 +237,11 @@ def _train(
             objective = metrics[select]
             score = sign * objective
             curriculum.observe(score)
-            improved = not math.isnan(score) and (best is None or score < best["score"] - 1e-12)
-            bad = 0 if improved else bad + 1
-            stopped = bool(tc.patience) and bad >= tc.patience
+            selectable = model.selectable()  # False in a staged model's earlier stage
+            improved = selectable and not math.isnan(score) and (best is None or score < best["score"] - 1e-12)
+            if selectable:
+                bad = 0 if improved else bad + 1
+            stopped = selectable and bool(tc.patience) and bad >= tc.patience
             last = stopped or epoch + 1 == tc.epochs
             record = {
                 EPOCH: float(epoch + 1),

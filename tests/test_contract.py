@@ -11,6 +11,7 @@ from tests_support import TINY
 
 from fsrf import MODALITIES, Config, FSRFError, config_from_dict, load_checkpoint, train, with_overrides
 from fsrf._rng import isolated_rng
+from fsrf.data._prompts import HASH_SPACE, MAX_LEN
 from fsrf.missing import apply_keep, eval_keep, pattern_keep
 from fsrf.model import BaseModel, build_model, model_class, model_names
 
@@ -36,6 +37,28 @@ def _config(name: str, dataset: str = "synthetic", **data) -> Config:
 def _build(config: Config, seed: int = 0) -> BaseModel:
     with isolated_rng(seed):
         return build_model(config)
+
+
+# synthetic side inputs by name (Split.extras), for models that read them (BaseModel.extras)
+SIDE_INPUTS = {
+    "prompt": lambda config, n, g: torch.randint(1, HASH_SPACE, (n, MAX_LEN), generator=g),  # hashed prompt ids
+}
+
+
+def _side(config: Config, n: int, seed: int = 0) -> dict:
+    """``forward``'s side-input keyword arguments for ``config``'s model ({} for a model without extras)."""
+    names = model_class(config.model.name).extras
+    g = torch.Generator().manual_seed(seed + 7)
+    return {"extras": {k: SIDE_INPUTS[k](config, n, g) for k in names}} if names else {}
+
+
+def _with_side(config: Config, dataset):
+    """``dataset`` with the side inputs ``config``'s model reads in every split's extras."""
+    if not model_class(config.model.name).extras:
+        return dataset
+    splits = {name: dataclasses.replace(split, extras={**split.extras, **_side(config, len(split), i)["extras"]})
+              for i, name in enumerate(("train", "valid", "test")) if (split := getattr(dataset, name)) is not None}
+    return dataclasses.replace(dataset, **splits)
 
 
 def _inputs(config: Config, batch: int = 6, seed: int = 0):
@@ -78,7 +101,7 @@ def test_builds_from_its_defaults_for_every_dataset(name: str, dataset: str) -> 
     config = _config(name, dataset)
     model = _build(config).eval()
     x, valid, _ = _inputs(config)
-    assert model(x, valid).pred.shape == (6,)
+    assert model(x, valid, **_side(config, 6)).pred.shape == (6,)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -91,7 +114,7 @@ def test_finite_outputs_and_gradients_with_missing_input(name: str, missing: str
         keep = eval_keep(valid, rate=0.9, seed=3, split="test")
     else:
         keep = pattern_keep(valid, [m for m in MODALITIES if m != missing])
-    out = model(apply_keep(x, keep), valid, keep=keep)
+    out = model(apply_keep(x, keep), valid, keep=keep, **_side(config, 6))
     assert bool(torch.isfinite(out.pred).all())
     out.pred.sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
@@ -103,12 +126,13 @@ def test_deterministic_for_a_seed_and_a_checkpoint_round_trips(name: str, tmp_pa
     config = _config(name)
     a, b = _build(config).eval(), _build(config).eval()
     x, valid, _ = _inputs(config)
-    assert torch.equal(a(x, valid).pred, b(x, valid).pred)
+    side = _side(config, 6)
+    assert torch.equal(a(x, valid, **side).pred, b(x, valid, **side).pred)
     torch.save(a.state_dict(), tmp_path / "m.pt")
     c = _build(config, seed=1).eval()
-    assert not torch.equal(c(x, valid).pred, a(x, valid).pred)
+    assert not torch.equal(c(x, valid, **side).pred, a(x, valid, **side).pred)
     c.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
-    assert torch.equal(c(x, valid).pred, a(x, valid).pred)
+    assert torch.equal(c(x, valid, **side).pred, a(x, valid, **side).pred)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -117,13 +141,14 @@ def test_bf16_autocast_runs(name: str) -> None:
     model = _build(config)
     x, valid, _ = _inputs(config)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        pred = model(x, valid).pred
+        pred = model(x, valid, **_side(config, 6)).pred
     assert bool(torch.isfinite(pred.float()).all())
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_training_logs_its_terms_by_name_and_beats_the_mean_predictor(name: str, tmp_path, tiny_dataset) -> None:
     config = with_overrides(_config(name), {"train.epochs": 3})
+    tiny_dataset = _with_side(config, tiny_dataset)
     result = train(config, out_dir=tmp_path, dataset=tiny_dataset, tensorboard=False)
     rows = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
     logged = {k.removeprefix("train/loss/") for k in rows[-1] if k.startswith("train/loss/")}
@@ -135,7 +160,7 @@ def test_training_logs_its_terms_by_name_and_beats_the_mean_predictor(name: str,
     model.eval()
     test = tiny_dataset.test
     with torch.no_grad():
-        pred = model(test.features, test.valid).pred
+        pred = model(test.features, test.valid, **({"extras": test.extras} if model.extras else {})).pred
     mean = tiny_dataset.train.labels.mean()
     assert result.best_epoch >= 1
     assert (pred - test.labels).abs().mean() < (mean - test.labels).abs().mean()

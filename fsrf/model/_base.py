@@ -137,12 +137,14 @@ class BaseModel(nn.Module, abc.ABC):
     reference); ``faithful`` (what follows the paper); ``deviations`` (what is reconstructed
     or changed, and why); ``extras``: the side inputs (:attr:`fsrf.data.Split.extras`) the
     model reads. A model with extras takes them as ``forward(..., extras=)`` (name -> (B, ...));
-    every caller passes them, and only to such a model.
+    every caller passes them, and only to such a model; ``extras_hint``: one sentence on how
+    to get them, added to the error when the data lack them.
     """
 
     name: ClassVar[str]
     config_class: ClassVar[type[BaseModelConfig]]
     extras: ClassVar[tuple[str, ...]] = ()
+    extras_hint: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     faithful: ClassVar[str] = ""
     deviations: ClassVar[str] = ""
@@ -215,6 +217,15 @@ class BaseModel(nn.Module, abc.ABC):
         :meth:`on_epoch_start`.
         """
 
+    def selectable(self) -> bool:
+        """Whether the weights after this epoch may be selected as the run's best (default: True).
+
+        The trainer asks after :meth:`on_epoch_end`; a model trained in stages says False during
+        an earlier stage (a teacher's epochs), which then neither becomes best nor counts toward
+        early stopping.
+        """
+        return True
+
     def training_views(self) -> int:
         """How many independent incomplete views of each batch :meth:`training_step` reads."""
         return 1
@@ -241,8 +252,9 @@ def side_inputs(model: BaseModel, extras: Mapping[str, torch.Tensor], *, views: 
         return {}
     missing = [k for k in model.extras if k not in extras]
     if missing:
+        hint = f"; {model.extras_hint}" if model.extras_hint else ""
         raise FSRFError(f"model {model.name!r} reads side input(s) {', '.join(missing)} that the data do not "
-                        f"hold (present: {', '.join(extras) or 'none'})")
+                        f"hold (present: {', '.join(extras) or 'none'}){hint}")
     return {"extras": {k: extras[k].repeat(views, *([1] * (extras[k].dim() - 1))) for k in model.extras}}
 
 
