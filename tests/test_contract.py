@@ -42,6 +42,7 @@ def _build(config: Config, seed: int = 0) -> BaseModel:
 # synthetic side inputs by name (Split.extras), for models that read them (BaseModel.extras)
 SIDE_INPUTS = {
     "prompt": lambda config, n, g: torch.randint(1, HASH_SPACE, (n, MAX_LEN), generator=g),  # hashed prompt ids
+    "domain": lambda config, n, g: torch.zeros(n, dtype=torch.long),  # one domain (no data.domains)
 }
 
 
