@@ -99,7 +99,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     state, config, dataset, model, device = _restore(args)
     split = dataset.split(args.split)
     seed = config.missing.eval_seed if args.seed is None else args.seed
-    common = {"dataset": dataset.name, "batch_size": args.batch_size, "device": device,
+    batch_size = config.train.eval_batch_size if args.batch_size is None else args.batch_size
+    common = {"dataset": dataset.name, "batch_size": batch_size, "device": device,
               "precision": eval_precision(device, config.train.precision)}
     random_table = random_missing_table(model, split, split_name=args.split, seed=seed, **common)
     pattern_table = modality_pattern_table(model, split, **common)
@@ -235,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=None, help="MMSA pickle (default: the path stored in the checkpoint)")
     p.add_argument("--split", choices=("test", "valid"), default="test", help="split to evaluate (default: test)")
     p.add_argument("--seed", type=int, default=None, help="seed of the fixed test masks (default: the config's missing.eval_seed)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default: 256)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="evaluation batch size (default: the checkpoint's train.eval_batch_size, as validation "
+                   "used; the split runs in order, so a model that reads its batch (hme with model.neighbours: "
+                   "batch) sees the batches validation saw)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     p.add_argument("--out", type=Path, default=None, help="where to write JSON/CSV (default: beside the checkpoint)")
     p.set_defaults(func=_evaluate)

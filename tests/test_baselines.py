@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fsrf import Config, with_overrides
+from fsrf import MODALITIES, Config, with_overrides
 from fsrf._rng import isolated_rng
 from fsrf.model import build_model
 from fsrf.model.zoo.tfn import tensor_fusion
@@ -133,3 +133,214 @@ def test_length_lstm_equals_a_packed_lstm_on_variable_lengths(bidirectional: boo
     valid = (torch.arange(11) < lengths.unsqueeze(1)).unsqueeze(-1)
     assert torch.allclose(final, h.permute(1, 0, 2).flatten(1), atol=1e-5)
     assert torch.allclose(out * valid, padded, atol=1e-5)
+
+
+# --- HME -------------------------------------------------------------------------------------------
+
+
+def _hme(tiny_config: Config, neighbours: str = "bank", **model):
+    """A small HME (one layer/block everywhere) on the tiny synthetic shapes."""
+    config = with_overrides(tiny_config, {"model.name": "hme", "model.hidden": 32, "model.heads": 2,
+                                          "model.layers": 1, "model.latent_layers": 1, "model.hyper_depth": 1,
+                                          "model.fusion_layers": 1, "model.neighbours": neighbours,
+                                          **{f"model.{k}": v for k, v in model.items()}})
+    with isolated_rng(0):
+        return config, build_model(config)
+
+
+def _fill_bank(model, config: Config, dataset) -> None:
+    from fsrf.model import EpochInfo
+
+    info = EpochInfo(epoch=0, epochs=1, train=dataset.train, device=torch.device("cpu"),
+                     batch_size=config.train.eval_batch_size)
+    model.eval()
+    with torch.no_grad():
+        model.on_epoch_end(info)
+
+
+def test_hme_defaults_per_dataset_and_a_one_line_error_for_an_unknown_neighbour_source() -> None:
+    from fsrf import FSRFError, config_from_dict
+
+    mosei = config_from_dict({"data": {"dataset": "mosei"}, "model": {"name": "hme"}}).model
+    mosi = config_from_dict({"data": {"dataset": "mosi"}, "model": {"name": "hme"}}).model
+    assert (mosi.layers, mosi.latent_layers, mosei.layers, mosei.latent_layers) == (4, 4, 2, 3)
+    assert (mosi.neighbours, mosi.threshold, mosi.uncertainty_low, mosi.uncertainty_high) == ("bank", 0.6, 0.2, 1.0)
+    with pytest.raises(FSRFError, match=r"^x.yaml: model.neighbours: 'test' is not one of bank, batch$"):
+        config_from_dict({"model": {"name": "hme", "neighbours": "test"}}, source="x.yaml")
+
+
+def test_hme_neighbours_are_the_candidates_at_or_above_the_threshold() -> None:
+    from fsrf.model.zoo.hme import enhance
+
+    query = torch.tensor([[1.0, 0.0]])
+    pool = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0], [-1.0, 0.0]])  # cosines 1, 0.71, 0, -1
+    every = torch.ones(1, 4, dtype=torch.bool)
+    here, gone = torch.tensor([True]), torch.tensor([False])
+
+    def mean(*rows: int) -> torch.Tensor:
+        return pool[list(rows)].mean(dim=0, keepdim=True)
+
+    assert torch.allclose(enhance(query, pool, every, here, 0.6), mean(0, 1))
+    assert torch.allclose(enhance(query, pool, every, here, 0.8), mean(0))
+    assert torch.allclose(enhance(query, pool, every, here, -1.0), mean(0, 1, 2, 3))
+    not_first = torch.tensor([[False, True, True, True]])
+    assert torch.allclose(enhance(query, pool, not_first, here, 0.6), mean(1))
+    # none at or above the threshold, or an absent query: the mean of all its candidates
+    assert torch.allclose(enhance(query, pool, not_first, here, 0.8), mean(1, 2, 3))
+    assert torch.allclose(enhance(query, pool, every, gone, 0.6), mean(0, 1, 2, 3))
+    assert torch.equal(enhance(query, pool, torch.zeros(1, 4, dtype=torch.bool), here, 0.6), torch.zeros(1, 2))
+
+
+def test_hme_uncertainty_weights_stay_in_the_published_bounds(tiny_config: Config) -> None:
+    from fsrf.model.zoo.hme import inverse_sigma
+
+    sigma = torch.tensor([[1e-6, 1e-6], [100.0, 100.0], [2.0, 2.0]])
+    assert torch.allclose(inverse_sigma(sigma, 0.2, 1.0), torch.tensor([1.0, 0.2, 0.5]))
+    config, model = _hme(tiny_config, uncertainty_low=0.3, uncertainty_high=0.7)
+    assert config.model.uncertainty_low == 0.3 and _hme(tiny_config)[0].model.uncertainty_low == 0.2
+    x, valid = _inputs(config, batch=16)
+    for train in (True, False):
+        zeta = model.train(train)({m: 50 * v for m, v in x.items()}, valid).zeta
+        assert zeta.shape == (16, 3) and bool(((zeta >= 0.3) & (zeta <= 0.7)).all())
+
+
+def test_hme_loss_is_task_plus_weighted_mean_unimodal_and_mean_kl(tiny_config: Config) -> None:
+    from fsrf.model import TrainBatch, total_loss
+
+    config, model = _hme(tiny_config)
+    assert config.model.weights() == {"vib": 0.8, "kl": 0.01}
+    x, valid = _inputs(config, batch=8)
+    labels = torch.linspace(-2, 2, 8)
+    keep = {m: torch.ones_like(v) for m, v in valid.items()}
+    model.eval()  # the VIB reads mu and dropout is off: the step and a forward agree
+    step = model.training_step(TrainBatch(features=x, valid=valid, keep=keep, labels=labels, complete=x, views=1))
+    out = model(x, valid, keep=keep)
+    unimodal = torch.stack([(out.unimodal[:, i] - labels).abs().mean() for i in range(3)]).mean()
+    assert step.terms["vib"].item() == pytest.approx(unimodal.item(), rel=1e-5)
+    assert step.terms["kl"].item() == pytest.approx(out.kl.mean().item(), rel=1e-5)
+    total, _ = total_loss(step, labels, config.model.weights(), task="l1")
+    expected = (out.pred - labels).abs().mean() + 0.8 * unimodal + 0.01 * out.kl.mean()
+    assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_hme_bank_predictions_ignore_the_batch_and_in_batch_ones_do_not(tiny_config: Config, tiny_dataset) -> None:
+    from fsrf.missing import apply_keep, eval_keep
+
+    test = tiny_dataset.test
+    keep = eval_keep(test.valid, rate=0.5, seed=3, split="test")
+    x = apply_keep(test.features, keep)
+
+    def first_of(model, rows: list[int]) -> torch.Tensor:
+        pick = torch.tensor(rows)
+        with torch.no_grad():
+            out = model({m: v[pick] for m, v in x.items()}, {m: v[pick] for m, v in test.valid.items()},
+                        keep={m: k[pick] for m, k in keep.items()})
+        return out.pred[0]
+
+    one, other = [0, *range(1, 16)], [0, *range(40, 55)]  # sample 0 among two different sets of 15
+    config, bank = _hme(tiny_config, "bank")
+    _fill_bank(bank, config, tiny_dataset)
+    assert bank.bank.entries("text").shape == (len(tiny_dataset.train), 32)
+    assert torch.allclose(first_of(bank, one), first_of(bank, other), atol=1e-6)
+    _, batch = _hme(tiny_config, "batch")
+    batch.eval()
+    assert (first_of(batch, one) - first_of(batch, other)).abs() > 1e-4
+
+
+def test_hme_bank_training_excludes_each_sample_from_its_own_neighbours(tiny_config: Config) -> None:
+    from fsrf.model.zoo.hme import enhance
+
+    config, model = _hme(tiny_config, "bank", threshold=0.9)
+    model.eval()
+    x, valid = _inputs(config, batch=8)
+    with torch.no_grad():
+        pooled = model.pooled(x, valid)
+        model.bank.fill(pooled)  # the bank holds these very samples, so each is its own nearest entry
+        index = torch.arange(8)
+        excluded = model(x, valid, index=index).enhanced
+        included = model(x, valid).enhanced
+    present, others = torch.ones(8, dtype=torch.bool), ~torch.eye(8, dtype=torch.bool)
+    for m in MODALITIES:
+        assert torch.allclose(excluded[m], enhance(pooled[m], pooled[m], others, present, 0.9), atol=1e-6)
+        assert not torch.allclose(excluded[m], included[m], atol=1e-4)
+
+
+def test_hme_bank_survives_a_checkpoint_and_evaluation_reads_it(tiny_config: Config, tiny_dataset, tmp_path) -> None:
+    from fsrf import load_checkpoint, train
+    from fsrf.model.zoo.hme import NeighbourBank
+
+    config, _ = _hme(tiny_config, "bank")
+    train(with_overrides(config, {"train.epochs": 1}), dataset=tiny_dataset, out_dir=tmp_path, progress=False,
+          tensorboard=False)
+    state = load_checkpoint(tmp_path / "best.pt")
+    saved = state["model"]["bank._extra_state"]
+    assert {m: tuple(v.shape) for m, v in saved.items()} == {m: (len(tiny_dataset.train), 32) for m in MODALITIES}
+    with isolated_rng(1):
+        model = build_model(config)
+    model.load_state_dict(state["model"])
+    model.eval()
+    test = tiny_dataset.test
+    with torch.no_grad():
+        pred = model(test.features, test.valid).pred
+    assert all(torch.equal(model.bank.entries(m), saved[m]) for m in MODALITIES)
+    # it is the bank of the checkpoint's weights: rebuilding it from them changes nothing
+    _fill_bank(model, config, tiny_dataset)
+    assert all(torch.allclose(model.bank.entries(m), saved[m], atol=1e-5) for m in MODALITIES)
+    with torch.no_grad():
+        assert torch.allclose(model(test.features, test.valid).pred, pred, atol=1e-5)
+        model.bank = NeighbourBank(32)  # without it, the same weights predict otherwise
+        assert not torch.allclose(model(test.features, test.valid).pred, pred, atol=1e-4)
+
+
+def test_hme_in_batch_evaluation_batches_are_validations(tiny_config: Config, tmp_path) -> None:
+    """With in-batch neighbours, ``fsrf evaluate`` runs the split in order in batches of the
+    checkpoint's train.eval_batch_size, so it reproduces validation's numbers."""
+    import json
+
+    import yaml
+
+    from fsrf import config_to_dict
+    from fsrf._constants import rate_key
+    from fsrf.cli import main
+
+    config, _ = _hme(tiny_config, "batch")
+    path = tmp_path / "hme.yaml"
+    path.write_text(yaml.safe_dump(config_to_dict(with_overrides(
+        config, {"train.epochs": 1, "train.eval_batch_size": 40, "missing.eval_seed": 1111})), sort_keys=False))
+    assert main(["train", "--config", str(path), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    history = json.loads((tmp_path / "run" / "history.jsonl").read_text().splitlines()[-1])
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "run" / "best.pt"), "--split", "valid",
+                 "--device", "cpu"]) == 0
+    rows = json.loads((tmp_path / "run" / "eval-valid" / "robustness_random.json").read_text())["rows"]
+    for rate in tiny_config.missing.valid_rates:
+        assert rows[f"{rate:.1f}"]["MAE"] == pytest.approx(history[rate_key("valid", rate, "MAE")], rel=1e-6)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_hme_bank_follows_the_model_to_the_gpu_and_trains_there_in_bf16(tiny_config: Config, tiny_dataset,
+                                                                         tmp_path) -> None:
+    import math
+
+    from fsrf import train
+
+    config, model = _hme(tiny_config, "bank")
+    _fill_bank(model, config, tiny_dataset)
+    test = tiny_dataset.test
+    with torch.no_grad():
+        on_cpu = model(test.features, test.valid).pred
+    for load_first in (True, False):  # the checkpoint read before and after the move
+        with isolated_rng(1):
+            gpu = build_model(config)
+        if load_first:
+            gpu.load_state_dict(model.state_dict())
+        gpu.cuda().eval()
+        if not load_first:
+            gpu.load_state_dict(model.state_dict())
+        assert all(gpu.bank.entries(m).is_cuda for m in MODALITIES)
+        with torch.no_grad():
+            pred = gpu({m: v.cuda() for m, v in test.features.items()}, {m: v.cuda() for m, v in test.valid.items()}).pred
+        assert torch.allclose(pred.cpu(), on_cpu, atol=1e-3)
+    result = train(with_overrides(config, {"train.epochs": 1, "train.device": "cuda", "train.precision": "bf16"}),
+                   dataset=tiny_dataset, out_dir=tmp_path, progress=False, tensorboard=False)
+    assert math.isfinite(result.best_objective)

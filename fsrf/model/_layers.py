@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from fsrf._constants import MODALITIES
+
 
 def mlp(hidden: int, *, out: int | None = None, dropout: float = 0.0) -> nn.Sequential:
     """Linear(H, H) -> GELU -> Dropout -> Linear(H, out or H)."""
@@ -40,6 +42,20 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     total = (x * weights).sum(dim=1)  # (B, H)
     count = weights.sum(dim=1).clamp_min(1.0)  # (B, 1)
     return total / count
+
+
+def kept_share(valid: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """(B, M) kept share of each modality's valid frames (1 without a keep mask or valid frame)."""
+    shares = []
+    for m in MODALITIES:
+        v = valid[m]
+        if keep is None:
+            shares.append(torch.ones(v.shape[0], device=v.device))
+            continue
+        total = v.sum(dim=1)
+        kept = (v & keep[m].to(v.device)).sum(dim=1)
+        shares.append(torch.where(total > 0, kept / total.clamp_min(1), torch.ones_like(total, dtype=torch.float)))
+    return torch.stack(shares, dim=1).float()
 
 
 class ModalityEncoder(nn.Module):

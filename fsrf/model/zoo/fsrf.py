@@ -43,7 +43,7 @@ from fsrf._constants import MODALITIES
 from fsrf._validate import check, check_one_of, check_unit, check_weights
 from fsrf.losses import fsrf_terms, needs_teacher, needs_two_views
 from fsrf.model._base import BaseModel, BaseModelConfig, StepOutput, TrainBatch, register_model
-from fsrf.model._layers import ModalityEncoder, mlp, transformer
+from fsrf.model._layers import ModalityEncoder, kept_share, mlp, transformer
 
 if TYPE_CHECKING:
     from fsrf._config import Config
@@ -256,7 +256,7 @@ class FSRF(BaseModel):
             keep: modality -> (B, T_m) bool, False at dropped frames; None = nothing dropped.
             recon: also decode the reconstructions of h_m.
         """
-        presence = _presence(valid, keep)  # (B, M)
+        presence = kept_share(valid, keep)  # (B, M)
         h = {m: self.encoders[m](features[m], valid[m]) for m in MODALITIES}  # (B, H) each
         c = {m: self.homo(h[m]) for m in MODALITIES}
         s = {m: self.hetero[m](h[m]) for m in MODALITIES}
@@ -322,20 +322,6 @@ class FSRF(BaseModel):
             used[m] = torch.where(gone.unsqueeze(-1), recovered[m], c[m])
             absent.append(gone)
         return recovered, used, torch.stack(absent, dim=1)
-
-
-def _presence(valid: dict[str, torch.Tensor], keep: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    """(B, M) kept share of each modality's valid frames (1 without a keep mask or valid frame)."""
-    shares = []
-    for m in MODALITIES:
-        v = valid[m]
-        if keep is None:
-            shares.append(torch.ones(v.shape[0], device=v.device))
-            continue
-        total = v.sum(dim=1)
-        kept = (v & keep[m].to(v.device)).sum(dim=1)
-        shares.append(torch.where(total > 0, kept / total.clamp_min(1), torch.ones_like(total, dtype=torch.float)))
-    return torch.stack(shares, dim=1).float()
 
 
 __all__ = ["FSRF", "REAL_DATA_ARCHITECTURE", "EncoderFusionConfig", "FSRFConfig", "FSRFOutput"]
