@@ -344,3 +344,207 @@ def test_hme_bank_follows_the_model_to_the_gpu_and_trains_there_in_bf16(tiny_con
     result = train(with_overrides(config, {"train.epochs": 1, "train.device": "cuda", "train.precision": "bf16"}),
                    dataset=tiny_dataset, out_dir=tmp_path, progress=False, tensorboard=False)
     assert math.isfinite(result.best_objective)
+# --- CyIN -----------------------------------------------------------------------------------
+
+
+def _cyin(**model):
+    return with_overrides(Config(), {"model.name": "cyin", "model.hidden": 32, "model.heads": 2,
+                                     **{f"model.{k}": v for k, v in model.items()}})
+
+
+def _cyin_batch(config: Config, keep: dict, batch: int = 6):
+    from fsrf.missing import apply_keep
+    from fsrf.model import TrainBatch
+
+    x, valid = _inputs(config, batch)
+    labels = torch.linspace(-2.0, 2.0, batch)
+    return TrainBatch(features=apply_keep(x, keep), valid=valid, keep=keep, labels=labels, complete=x, views=1)
+
+
+def _whole(valid: dict, gone: dict) -> dict:
+    """Keep masks that drop modality m wholly from the samples ``gone[m]`` lists."""
+    keep = {m: torch.ones_like(v) for m, v in valid.items()}
+    for m, rows in gone.items():
+        keep[m][rows] = False
+    return keep
+
+
+def test_cyin_text_grid_pools_each_modality_over_equal_shares_of_its_valid_frames() -> None:
+    from fsrf.model.zoo.cyin import text_grid_pool
+
+    x = torch.arange(8.0).view(1, 8, 1).repeat(2, 1, 1)  # frame t holds t
+    valid = torch.tensor([[True] * 6 + [False] * 2, [True] * 2 + [False] * 6])
+    grid = torch.tensor([[True] * 3 + [False] * 2, [True] * 4 + [False]])
+    out = text_grid_pool(x, valid, grid).squeeze(-1)
+    assert out.tolist() == [[0.5, 2.5, 4.5, 0.0, 0.0],  # 6 frames onto 3 words: pairs; padding 0
+                            [0.0, 0.0, 1.0, 1.0, 0.0]]  # 2 frames onto 4 words: each frame twice
+    same = torch.ones(1, 5, dtype=torch.bool)  # as many frames as words: each word keeps its frame
+    assert torch.equal(text_grid_pool(x[:1, :5], same, same), x[:1, :5])
+
+
+def test_cyin_translation_term_is_off_in_stage_one_which_reads_the_complete_batch() -> None:
+    from fsrf.model import EpochInfo
+    from fsrf.model.zoo.cyin import training_stage
+
+    assert [training_stage(e, 50, 0.1) for e in range(7)] == [1] * 5 + [2] * 2  # the paper's 1:9 of 50
+    assert [training_stage(e, 10, 0.3) for e in range(5)] == [1, 1, 1, 2, 2]
+    assert training_stage(0, 3, 0.1) == 2 and training_stage(0, 10, 0.0) == 2
+    config = _cyin()
+    with isolated_rng(0):
+        model = build_model(config)
+    assert model.stage == 2  # outside the trainer (no hook): the whole loss
+    valid = _inputs(config, 6)[1]
+    view = _cyin_batch(config, _whole(valid, {"audio": [0, 1, 2], "vision": [2]}))
+    complete = _cyin_batch(config, _whole(valid, {}))
+
+    def step(batch):
+        with isolated_rng(0):
+            return model.training_step(batch)
+
+    model.on_epoch_start(EpochInfo(epoch=0, epochs=10, train=None, device=torch.device("cpu"), batch_size=8))
+    assert model.stage == 1
+    first = step(view)
+    assert set(first.terms) == {"tib", "lib"}
+    assert torch.equal(first.preds[0], step(complete).preds[0])  # stage 1 ignores the view's drops
+    model.on_epoch_start(EpochInfo(epoch=1, epochs=10, train=None, device=torch.device("cpu"), batch_size=8))
+    second = step(view)
+    assert model.stage == 2 and set(second.terms) == {"tib", "lib", "tran"}
+    assert not torch.equal(second.preds[0], first.preds[0])  # stage 2 reads the view
+    assert config.model.weights() == {"tib": 1 / 32, "lib": 1 / 32, "tran": 1.0}
+    mosei = with_overrides(Config(), {"data.dataset": "mosei", "model.name": "cyin"}).model
+    assert mosei.weights() == {"tib": 1 / 4, "lib": 1 / 4, "tran": 5.0} and mosei.stage1_fraction == 0.3
+
+
+def test_cyin_stage_comes_out_right_after_a_resume(tmp_path) -> None:
+    from tests_support import TINY
+
+    from fsrf import config_from_dict, train
+    from fsrf._constants import loss_key
+
+    raw = {**TINY, "data": {**TINY["data"], "synthetic_train": 64, "synthetic_valid": 32, "synthetic_test": 32},
+           "model": {"name": "cyin", "hidden": 32, "heads": 2, "stage1_fraction": 0.7},
+           "train": {**TINY["train"], "epochs": 3}}
+    config = config_from_dict(raw)  # 0.7 * 3 = 2.1: epochs 1 and 2 in stage 1, epoch 3 in stage 2
+    full = train(config, out_dir=tmp_path / "full", tensorboard=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop(record, checkpoint):
+        raise Stop
+
+    with pytest.raises(Stop):  # interrupted after its first epoch, then resumed in stage 1
+        train(config, out_dir=tmp_path / "cut", report=stop, tensorboard=False)
+    resumed = train(config, out_dir=tmp_path / "cut", resume_from=tmp_path / "cut" / "last.pt", tensorboard=False)
+    assert [loss_key("tran") in row for row in resumed.history] == [False, False, True]
+    assert [row["objective"] for row in resumed.history] == [row["objective"] for row in full.history]
+
+
+def test_cyin_missing_latent_is_the_sum_of_the_translations_from_the_present_ones() -> None:
+    from fsrf.missing import apply_keep
+
+    config = _cyin()
+    x, valid = _inputs(config, 6)
+    keep = _whole(valid, {"audio": [1, 2, 3], "vision": [2, 3], "text": [3]})
+    keep["audio"][4, ::2] = False  # partly kept: encoded from what is left
+    outs = {}
+    for combine in ("sum", "mean"):
+        with isolated_rng(0):
+            model = build_model(with_overrides(config, {"model.combine": combine})).eval()
+        with torch.no_grad():
+            outs[combine] = model(apply_keep(x, keep), valid, keep=keep)
+    out, own, latent = outs["sum"], outs["sum"].own, outs["sum"].latent
+    with torch.no_grad():
+        def gamma(s, t, row):
+            return model.translate(s, t, own[s][row : row + 1])[0]
+
+        assert torch.allclose(latent["audio"][1], gamma("text", "audio", 1) + gamma("vision", "audio", 1), atol=1e-5)
+        assert torch.allclose(outs["mean"].latent["audio"][1], latent["audio"][1] / 2, atol=1e-5)
+        assert torch.allclose(latent["audio"][2], gamma("text", "audio", 2), atol=1e-5)
+        assert torch.allclose(latent["vision"][2], gamma("text", "vision", 2), atol=1e-5)
+    assert out.replaced.tolist() == [[False] * 3, [False, True, False], [False, True, True],
+                                     [False] * 3, [False] * 3, [False] * 3]  # sample 3: nothing to translate from
+    for m in ("text", "audio", "vision"):
+        kept = ~out.replaced[:, ("text", "audio", "vision").index(m)]
+        assert torch.equal(latent[m][kept], own[m][kept])
+
+
+def test_cyin_relative_errors_ignore_scale() -> None:
+    from fsrf.model.zoo.cyin import masked_relative_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, target = torch.randn(4, 5, 3, generator=g), torch.randn(4, 5, 3, generator=g)
+    mask = torch.rand(4, 5, generator=g) > 0.3
+    value, counted = masked_relative_mse(pred, target, mask)
+    assert counted == 1.0 and value.item() == pytest.approx(masked_relative_mse(0.01 * pred, 0.01 * target, mask)[0].item())
+    assert masked_relative_mse(pred, target, torch.zeros_like(mask))[1] == 0.0  # nothing to compare: not counted
+    noisy = target + torch.randn(4, 5, 3, generator=g)  # a sampled latent around its mean ``target``
+    value = masked_relative_mse(pred, target, mask, spread_of=noisy)[0].item()
+    assert value == pytest.approx(masked_relative_mse(0.01 * pred, 0.01 * target, mask, spread_of=0.01 * noisy)[0].item())
+    assert value < masked_relative_mse(pred, target, mask)[0].item()  # the noise widens the spread
+
+
+def test_cyin_ib_terms_are_not_won_by_shrinking_the_representations() -> None:
+    """F_m scaled by 0.01 with E_m and the decoders compensating: the IB terms stay, their plain MSE falls 10^4-fold."""
+    config = _cyin()
+    with isolated_rng(0):
+        model = build_model(config)
+    batch = _cyin_batch(config, _whole(_inputs(config, 6)[1], {"audio": [0, 1], "vision": [1]}))
+
+    def run():
+        with isolated_rng(0):
+            out = model(batch.features, batch.valid, keep=batch.keep)
+        with isolated_rng(0):
+            return out, model.training_step(batch).terms
+
+    before, terms = run()
+    with torch.no_grad():
+        for m in ("text", "audio", "vision"):
+            model.encoder_norm[m].weight.mul_(0.01)
+            model.encoder_norm[m].bias.mul_(0.01)
+            model.ib_encoder[m][0].weight.mul_(100.0)
+        model.ib_decoder.layers[-1].weight.mul_(0.01)
+        model.ib_decoder.layers[-1].bias.mul_(0.01)
+    after, shrunk = run()
+    assert torch.allclose(after.encoded["text"], 0.01 * before.encoded["text"], atol=1e-6)
+    assert torch.allclose(after.pred, before.pred, atol=1e-4)
+    for name in ("tib", "lib", "tran"):
+        assert shrunk[name].item() == pytest.approx(terms[name].item(), rel=1e-3)
+
+
+def test_cyin_training_terms_stay_finite_when_modalities_are_wholly_missing() -> None:
+    config = _cyin()
+    with isolated_rng(0):
+        model = build_model(config)
+    valid = _inputs(config, 6)[1]
+    for gone in ({"audio": list(range(6))},  # audio gone from the whole batch
+                 {"audio": list(range(6)), "vision": [0, 1, 2]},  # and text alone in half of it
+                 {"text": [0], "audio": [0], "vision": [0]}):  # one sample with nothing at all
+        model.zero_grad()
+        with isolated_rng(0):
+            step = model.training_step(_cyin_batch(config, _whole(valid, gone)))
+        assert set(step.terms) == {"tib", "lib", "tran"}
+        total = step.preds[0].sum() + sum(step.terms.values())
+        assert all(bool(torch.isfinite(v)) for v in step.terms.values()) and bool(torch.isfinite(total))
+        total.backward()
+        assert all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
+    assert step.terms["tran"].item() > 0
+
+
+def test_cyin_translators_fit_a_full_width_map() -> None:
+    """The cascade ends in a full-width transition: a map the w/4 bottleneck alone cannot carry is learnt."""
+    from fsrf.model.zoo.cyin import CascadedResidualAutoencoders, masked_relative_mse
+
+    with isolated_rng(0):
+        net = CascadedResidualAutoencoders(2, 16, 16, 2, 0.0)
+        a = torch.randn(2, 16, 16) / 16**0.5
+        x = torch.randn(2, 128, 16)
+    y = torch.tanh(torch.bmm(x, a))
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    every = torch.ones(1, 128, dtype=torch.bool)
+    for _ in range(150):
+        loss = sum(masked_relative_mse(net(x)[g : g + 1], y[g : g + 1], every)[0] for g in range(2)) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.25

@@ -36,6 +36,25 @@ def transformer(hidden: int, heads: int, layers: int, ff_mult: int, dropout: flo
     return nn.TransformerEncoder(layer, num_layers=layers, enable_nested_tensor=False)
 
 
+class CrossLayer(nn.Module):
+    """Pre-norm cross attention (queries: ``target`` (B, Lq, H), keys/values: ``source`` (B, Lk, H)),
+    then a feed-forward block (width ``ff``); ``pad`` (B, Lk) True at source positions not to attend
+    (each row must leave one position open)."""
+
+    def __init__(self, hidden: int, heads: int, ff: int, dropout: float) -> None:
+        super().__init__()
+        self.q_norm, self.kv_norm, self.ff_norm = (nn.LayerNorm(hidden) for _ in range(3))
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.ff = nn.Sequential(nn.Linear(hidden, ff), nn.GELU(), nn.Linear(ff, hidden))
+
+    def forward(
+        self, target: torch.Tensor, source: torch.Tensor, pad: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        kv = self.kv_norm(source)
+        target = target + self.attn(self.q_norm(target), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        return target + self.ff(self.ff_norm(target))
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of (B, T, H) over the True positions of (B, T); rows without any give 0."""
     weights = mask.to(x.dtype).unsqueeze(-1)  # (B, T, 1)

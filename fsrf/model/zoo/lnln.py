@@ -52,6 +52,7 @@ from torch.nn import functional as F
 from fsrf._constants import MODALITIES
 from fsrf._validate import check, check_weights
 from fsrf.model._base import BaseModel, BaseModelConfig, StepOutput, TrainBatch, register_model
+from fsrf.model._layers import CrossLayer
 
 if TYPE_CHECKING:
     from fsrf._config import Config
@@ -134,21 +135,6 @@ class TokenTransformer(nn.Module):
         return (out, states) if hidden else out
 
 
-class CrossLayer(nn.Module):
-    """Pre-norm cross attention (queries: target, keys/values: source) then a feed-forward block."""
-
-    def __init__(self, c: LNLNConfig) -> None:
-        super().__init__()
-        self.q_norm, self.kv_norm, self.ff_norm = nn.LayerNorm(c.hidden), nn.LayerNorm(c.hidden), nn.LayerNorm(c.hidden)
-        self.attn = nn.MultiheadAttention(c.hidden, c.heads, dropout=c.dropout, batch_first=True)
-        self.ff = nn.Sequential(nn.Linear(c.hidden, c.mlp_dim), nn.GELU(), nn.Linear(c.mlp_dim, c.hidden))
-
-    def forward(self, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
-        kv = self.kv_norm(source)
-        target = target + self.attn(self.q_norm(target), kv, kv, need_weights=False)[0]
-        return target + self.ff(self.ff_norm(target))
-
-
 @dataclass(frozen=True, eq=False)
 class LNLNOutput:
     """A forward pass: pred (B,), completeness w (B,), H1_m / H1_d / recon (B, K, H)."""
@@ -194,7 +180,7 @@ class LNLN(BaseModel):
         self.hyper_norm = nn.LayerNorm(h)
         self.cls = nn.Parameter(torch.zeros(1, 1, h))
         self.fusion_pos = nn.Parameter(torch.randn(1, k + 1, h) * 0.02)
-        self.fusion = nn.ModuleList(CrossLayer(c) for _ in range(c.fusion_depth))
+        self.fusion = nn.ModuleList(CrossLayer(c.hidden, c.heads, c.mlp_dim, c.dropout) for _ in range(c.fusion_depth))
         self.head = nn.Linear(h, 1)
         self.reconstruct = nn.ModuleDict({m: TokenTransformer(c, length=k, extra=0, depth=c.depth) for m in MODALITIES})
         self.k, self.grl = k, c.grl
