@@ -44,15 +44,20 @@ def version_line() -> str:
     return f"fsrf-tune {fsrf_version()}{where}, torch {torch_version}, Python {platform.python_version()}"
 
 
-def package_versions() -> dict[str, str]:
-    """Python's and each installed distribution of :data:`PACKAGES`'s version."""
-    versions = {"python": platform.python_version()}
+@functools.lru_cache(maxsize=1)
+def _versions() -> tuple[tuple[str, str], ...]:
+    versions = [("python", platform.python_version())]
     for name in PACKAGES:
         try:
-            versions[name] = metadata.version(name)
+            versions.append((name, metadata.version(name)))
         except metadata.PackageNotFoundError:
             continue
-    return versions
+    return tuple(versions)
+
+
+def package_versions() -> dict[str, str]:
+    """Python's and each installed distribution of :data:`PACKAGES`'s version (looked up once per process)."""
+    return dict(_versions())
 
 
 @functools.lru_cache(maxsize=1)

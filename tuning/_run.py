@@ -417,9 +417,6 @@ def run_search(options: SearchOptions) -> Path:
     dataset = load_dataset(run_base.data, path=options.data)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table, with our columns
-    # A model-based sampler must see results before it samples again: Tune launches one pending trial
-    # at a time for it (its own default for searchers, made explicit); random sampling needs no wait.
-    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1" if options.sampler != "random" else str(options.max_concurrent))
     import ray
     from ray import tune
 
