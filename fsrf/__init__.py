@@ -26,6 +26,7 @@ from fsrf._constants import EVAL_RATES, MISSING_PATTERNS, MODALITIES, OBJECTIVE
 from fsrf._errors import FSRFError, NonFiniteLossError
 from fsrf._inference import LoadedModel, load_model
 from fsrf._run_data import load_dataset
+from fsrf._tensorboard import TensorBoardLog, write_hparams_config
 from fsrf._yaml import dump_config, load_config, save_config
 from fsrf.model import (
     FSRF,
@@ -59,6 +60,7 @@ __all__ = [
     "OptimConfig",
     "PlainConfig",
     "Report",
+    "TensorBoardLog",
     "TrainConfig",
     "TrainResult",
     "build_model",
@@ -75,4 +77,5 @@ __all__ = [
     "save_config",
     "train",
     "with_overrides",
+    "write_hparams_config",
 ]

@@ -100,6 +100,10 @@ OBJECTIVE: Final = "objective"
 COMPLETE_OBJECTIVE: Final = "objective_complete"
 """The selection metric on complete validation inputs (rate 0.0), beside the robust objective."""
 
+BEST_OBJECTIVE: Final = "best_objective"
+"""The objective of the run's best selectable epoch so far (NaN before one): a run's value, the
+one every leaderboard, table and TensorBoard's HParams rank by (the checkpoint it names is best.pt)."""
+
 EPOCH: Final = "epoch"
 FINAL_EPOCH: Final = "final_epoch"
 """1.0 in the report of a run's last epoch (its epoch budget or early stopping), else 0.0."""

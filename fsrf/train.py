@@ -31,6 +31,7 @@ from fsrf._checkpoint import checkpoint_config, load_checkpoint, load_weights, s
 from fsrf._config import Config, config_to_dict, flatten_config
 from fsrf._constants import (
     BEST_CHECKPOINT,
+    BEST_OBJECTIVE,
     CONFIG_FILE,
     EPOCH,
     FINAL_EPOCH,
@@ -51,6 +52,7 @@ from fsrf._provenance import record_provenance
 from fsrf._rng import draw_seed, isolated_rng, make_generator
 from fsrf._run_data import check_shapes, load_dataset
 from fsrf._steps import EpochContext, epoch_hook, train_epoch, validate, warm_up
+from fsrf._tensorboard import TensorBoardLog
 from fsrf._yaml import atomic_write_text, save_config
 from fsrf.data import MultimodalDataset
 from fsrf.model import build_model
@@ -213,9 +215,8 @@ def _train(
         save_config(config, out / CONFIG_FILE)
         record_provenance(out, config.data)  # versions, git commit, data SHA-256 (one entry per session)
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / TENSORBOARD_DIR), purge_step=start + 1)
+            writer = TensorBoardLog(out / TENSORBOARD_DIR, purge_step=start + 1)
+            writer.start(flatten_config(config), session=out.name)
 
     select = robust_key(VALID, tc.select_metric)
     sign = 1.0 if direction(tc.select_metric) == "min" else -1.0
@@ -252,15 +253,16 @@ def _train(
                 OBJECTIVE: objective,
                 FINAL_EPOCH: 1.0 if last else 0.0,
             }
-            history.append(record)
             if improved:
                 best = {"epoch": epoch + 1, "score": score, "objective": objective, "metrics": record}
-                if out is not None:
-                    save_checkpoint(
-                        {"config": config_to_dict(config), "epoch": epoch + 1, "model": model.state_dict(),
-                         "metrics": record},
-                        out / BEST_CHECKPOINT,
-                    )
+            record[BEST_OBJECTIVE] = math.nan if best is None else float(best["objective"])
+            history.append(record)
+            if improved and out is not None:
+                save_checkpoint(
+                    {"config": config_to_dict(config), "epoch": epoch + 1, "model": model.state_dict(),
+                     "metrics": record},
+                    out / BEST_CHECKPOINT,
+                )
             checkpoint = None
             if out is not None and ((epoch + 1) % tc.checkpoint_every == 0 or last):
                 checkpoint = save_checkpoint(
@@ -282,15 +284,14 @@ def _train(
             if out is not None:
                 atomic_write_text(out / HISTORY_FILE, "".join(json.dumps(r) + "\n" for r in history))
             if writer is not None:
-                for key, value in record.items():
-                    if key != EPOCH:
-                        writer.add_scalar(key, value, epoch + 1)
-                writer.flush()
+                writer.epoch(record)
             bar.set_postfix({"rate": f"{rate:.2f}", "loss": f"{losses['total']:.3f}", select: f"{objective:.4f}"})
             if report is not None:
                 report(dict(record), checkpoint)
             if stopped:
                 break
+        if writer is not None:
+            writer.end("complete", epochs=len(history))
     finally:
         bar.close()
         if writer is not None:

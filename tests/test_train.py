@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fsrf import OBJECTIVE, Config, FSRFError, NonFiniteLossError, load_checkpoint, train, with_overrides
-from fsrf._constants import EPOCH, LOSS_TERMS_PREFIX, robust_key
+from fsrf._constants import BEST_OBJECTIVE, EPOCH, LOSS_TERMS_PREFIX, robust_key
 from fsrf.data import MultimodalDataset
 from fsrf.losses import TERMS
 
@@ -57,6 +57,43 @@ def _tensorboard_scalars(directory: Path, tag: str) -> list[tuple[int, float]]:
     acc = EventAccumulator(str(directory))
     acc.Reload()
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def _hparams(directory: Path) -> dict[str, object]:
+    """The HParams plugin records of one run folder, parsed as TensorBoard's HParams backend does."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import metadata
+
+    acc = EventAccumulator(str(directory))
+    acc.Reload()
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    out: dict[str, object] = {}
+    if metadata.SESSION_START_INFO_TAG in content:
+        out["start"] = metadata.parse_session_start_info_plugin_data(content[metadata.SESSION_START_INFO_TAG])
+    if metadata.SESSION_END_INFO_TAG in content:
+        out["end"] = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    return out
+
+
+def test_tensorboard_has_the_epoch_records_best_objective_and_an_hparams_session(
+    tiny_config: Config, tiny_dataset: MultimodalDataset, tmp_path: Path
+) -> None:
+    from tensorboard.plugins.hparams import api_pb2
+
+    result = train(tiny_config, dataset=tiny_dataset, out_dir=tmp_path)
+    history = result.history
+    running = [min(h[OBJECTIVE] for h in history[: i + 1]) for i in range(len(history))]
+    assert [h[BEST_OBJECTIVE] for h in history] == running  # the run's value, epoch by epoch
+    assert result.best_objective == history[-1][BEST_OBJECTIVE]
+    board = tmp_path / "tensorboard"
+    assert [v for _, v in _tensorboard_scalars(board, BEST_OBJECTIVE)] == pytest.approx(running)
+    assert _tensorboard_scalars(board, "trial/pruned") == [(4, 0.0)]
+    records = _hparams(board)
+    params = records["start"].hparams
+    assert params["model.homo"].number_value == pytest.approx(tiny_config.model.homo)
+    assert params["curriculum.kind"].string_value == tiny_config.curriculum.kind
+    assert params["train.epochs"].number_value == 4
+    assert records["end"].status == api_pb2.STATUS_SUCCESS
 
 
 def test_resume_ends_exactly_where_an_uninterrupted_run_ends(

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from fsrf import OBJECTIVE, with_overrides
-from fsrf._constants import COMPLETE_OBJECTIVE
+from fsrf._constants import BEST_OBJECTIVE, COMPLETE_OBJECTIVE
 from fsrf._errors import FSRFError
 from fsrf._provenance import provenance
 from fsrf._run_data import load_dataset
@@ -277,6 +277,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
 
     from tuning._lost_checkpoints import LostCheckpointGuard
     from tuning._searcher import PruneAwareOptunaSearch
+    from tuning._tensorboard import TensorBoardCallback, hparams_domains, tensorboard_root
     from tuning.store import ArrowStoreCallback
 
     epochs = options.max_epochs or space.base.train.epochs
@@ -302,10 +303,10 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
             else FIFOScheduler()
         )
     reporter = CLIReporter(
-        metric_columns={OBJECTIVE: "objective", "training_iteration": "epochs"},
+        metric_columns={BEST_OBJECTIVE: "best objective", OBJECTIVE: "last objective", "training_iteration": "epochs"},
         parameter_columns={k: k.split(".", 1)[1] for k in space.key_columns()},
         max_report_frequency=15,
-        metric=OBJECTIVE,
+        metric=BEST_OBJECTIVE,
         mode=space.mode,
         sort_by_metric=True,
     )
@@ -326,6 +327,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
                 ArrowStoreCallback(exp / STORE_DIR, experiment=options.name,
                                    mirror_to=f"{experiment_uri(options)}/{STORE_DIR}"
                                    if is_uri(options.storage) else None),
+                TensorBoardCallback(tensorboard_root(exp), params=hparams_domains(space)),
             ],
             progress_reporter=reporter,
             verbose=1,
