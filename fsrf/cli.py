@@ -48,7 +48,7 @@ def _train(args: argparse.Namespace) -> int:
             f"--out: {out} already holds a run ({LAST_CHECKPOINT}); pass --resume to continue it "
             "or choose another directory"
         )
-    result = train(config, out_dir=out, resume_from=resume, progress=not args.quiet)
+    result = train(config, out_dir=out, resume_from=resume, progress=not args.quiet, verbose=args.verbose)
     print(
         f"best epoch {result.best_epoch}: objective ({config.train.select_metric}, mean over "
         f"{len(config.missing.valid_rates)} validation rates) = {result.best_objective:.4f}"
@@ -215,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value by dotted path, e.g. --set model.homo=0.5 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true", help="print only the result lines")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="one line per epoch beside the progress bar (without a terminal there is always one)")
     p.add_argument("--stage", default=None, metavar="STAGE",
                    help="for a model trained in stages (a `stage` key in its section, e.g. mmslf: teacher | "
                    "student): run only this stage; = --set model.stage=STAGE")

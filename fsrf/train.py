@@ -129,6 +129,7 @@ def train(
     out_dir: str | Path | None = None,
     dataset: MultimodalDataset | None = None,
     progress: bool = False,
+    verbose: bool = False,
     tensorboard: bool = True,
 ) -> TrainResult:
     """Train FSRF under ``config``.
@@ -141,7 +142,10 @@ def train(
             ``history.jsonl`` and TensorBoard events; None writes nothing.
         dataset: an already loaded dataset (a tuner shares one across trials);
             by default it is loaded as ``config.data`` says.
-        progress: show a progress bar on the terminal.
+        progress: tell the terminal (stderr): a start line (device, model, parameters, data
+            sizes, epochs), then a progress bar on a terminal, or one line per epoch when stderr
+            is not a terminal (a log file, a pipe). False: silent.
+        verbose: with ``progress``, one line per epoch on a terminal too.
         tensorboard: write TensorBoard scalars under ``out_dir/tensorboard``
             (a tuner whose own logger writes them turns this off).
 
@@ -154,7 +158,19 @@ def train(
     check_precision(device, tc.precision)
     with run_settings(device, tf32=tc.tf32, deterministic=tc.deterministic):
         return _train(config, device, report=report, resume_from=resume_from, out_dir=out_dir,
-                      dataset=dataset, progress=progress, tensorboard=tensorboard)
+                      dataset=dataset, progress=progress, verbose=verbose, tensorboard=tensorboard)
+
+
+def _start_line(config: Config, model: torch.nn.Module, dataset: MultimodalDataset, device: torch.device, *,
+                start: int, out: Path | None) -> str:
+    """What a run is about to do, in one line (the terminal's first)."""
+    params = sum(p.numel() for p in model.parameters())
+    sizes = ", ".join(f"{name} {len(split)}" for name, split in
+                      (("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test)) if split is not None)
+    where = f"; writing {out}" if out is not None else ""
+    resumed = f", resuming after epoch {start}" if start else ""
+    return (f"fsrf train: model {config.model.name} ({params:,} parameters) on {dataset.name} ({sizes}), "
+            f"{config.train.epochs} epochs{resumed}, batch {config.optim.batch_size}, device {device}{where}")
 
 
 def _train(
@@ -166,6 +182,7 @@ def _train(
     out_dir: str | Path | None,
     dataset: MultimodalDataset | None,
     progress: bool,
+    verbose: bool,
     tensorboard: bool,
 ) -> TrainResult:
     """:func:`train` under the run's device settings."""
@@ -221,8 +238,11 @@ def _train(
     select = robust_key(VALID, tc.select_metric)
     sign = 1.0 if direction(tc.select_metric) == "min" else -1.0
     stopped = False
-    bar = tqdm(range(start, tc.epochs), desc="fsrf", unit="epoch", disable=not progress, file=sys.stderr,
-               initial=start, total=tc.epochs)
+    tty = sys.stderr.isatty()
+    if progress:
+        print(_start_line(config, model, dataset, device, start=start, out=out), file=sys.stderr, flush=True)
+    bar = tqdm(range(start, tc.epochs), desc="fsrf", unit="epoch", disable=not (progress and tty),
+               file=sys.stderr, initial=start, total=tc.epochs)
     try:
         for epoch in bar:
             rate = float(curriculum.rate(epoch))
@@ -286,6 +306,11 @@ def _train(
             if writer is not None:
                 writer.epoch(record)
             bar.set_postfix({"rate": f"{rate:.2f}", "loss": f"{losses['total']:.3f}", select: f"{objective:.4f}"})
+            if progress and (verbose or not tty):
+                line = (f"epoch {epoch + 1}/{tc.epochs}: train rate {rate:.2f}, loss {losses['total']:.4f}, "
+                        f"objective {objective:.4f}, best {record[BEST_OBJECTIVE]:.4f}"
+                        + (" (new best)" if improved else ""))
+                bar.write(line, file=sys.stderr) if tty else print(line, file=sys.stderr, flush=True)
             if report is not None:
                 report(dict(record), checkpoint)
             if stopped:

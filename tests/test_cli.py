@@ -56,6 +56,23 @@ def test_train_then_evaluate(tiny_yaml: Path, tmp_path: Path, capsys: pytest.Cap
     assert len((out / "history.jsonl").read_text().splitlines()) == 3
 
 
+def test_train_without_a_terminal_prints_a_start_line_and_one_line_per_epoch(
+    tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["train", "--config", str(tiny_yaml), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err  # captured: not a terminal, as in a log file or a pipe
+    assert "\r" not in err
+    lines = err.strip().splitlines()
+    assert lines[0].startswith("fsrf train: model fsrf (") and "parameters) on synthetic (train " in lines[0]
+    assert [ln.split(":")[0] for ln in lines[1:]] == ["epoch 1/2", "epoch 2/2"]
+    assert main(["train", "--config", str(tiny_yaml), "--out", str(tmp_path / "q"), "-q"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "best epoch" in captured.out
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--config", str(tiny_yaml), "--out", str(tmp_path / "qv"), "-q", "-v"])
+    assert exit_.value.code == 2
+
+
 def test_bad_config_key(tiny_yaml: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["train", "--config", str(tiny_yaml), "--out", str(tmp_path / "r"), "--set", "model.homoo=1"])
     assert code == 2 and "model.homoo" in _error_line(capsys)

@@ -114,6 +114,9 @@ def test_smoke_test_finishes_and_writes_store_best_config_and_tensorboard(tmp_pa
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     assert "top trials by best validation objective" in out
+    assert out.startswith("fsrf tune: starting search 'smoke': model fsrf, ")  # the start summary comes first
+    for noise in ("Checkpoint successfully created", "snapshotting", "Token authentication", "A new study created"):
+        assert noise not in out  # Ray's and Optuna's bookkeeping stays out unless -v
     exp = tmp_path / "smoke"
     trials = read_trials(exp)
     assert trials.num_rows == 4

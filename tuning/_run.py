@@ -24,6 +24,7 @@ from fsrf._errors import FSRFError
 from fsrf._provenance import provenance
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
+from tuning._console import quiet_internals, ray_log_level, start_summary
 from tuning._remote import download, is_uri, mirror, resolve, staging_dir
 from tuning._store_write import STORE_DIR
 from tuning.space import SearchSpace, load_space
@@ -61,6 +62,7 @@ class SearchOptions:
     num_cpus: int | None = None
     address: str | None = None
     overrides: tuple[str, ...] = ()
+    verbosity: int = 1
 
 
 def trial_name(trial: Any) -> str:
@@ -98,7 +100,7 @@ def _fetch_remote_state(options: SearchOptions) -> None:
         download(f"{uri}/{STORE_DIR}", local / STORE_DIR)
 
 
-RUNTIME_FIELDS = ("name", "storage", "resume", "restore_or_start", "num_cpus", "address")
+RUNTIME_FIELDS = ("name", "storage", "resume", "restore_or_start", "num_cpus", "address", "verbosity")
 """Options a resumed search takes from its command line; the rest come from the stored state."""
 
 
@@ -213,10 +215,10 @@ def _start_ray(options: SearchOptions) -> bool:
     if address or found:
         print(f"fsrf tune: joining the Ray cluster at {address or found}")
         # "auto" (not the address spelled out) lets Ray turn its token authentication on by itself
-        ray.init(address=address or "auto", log_to_driver=True)
+        ray.init(address=address or "auto", log_to_driver=True, logging_level=ray_log_level(options.verbosity))
         return False
     cpus = options.num_cpus or os.cpu_count() or 1
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True)
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=True, logging_level=ray_log_level(options.verbosity))
     return True
 
 
@@ -330,7 +332,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
                 TensorBoardCallback(tensorboard_root(exp), params=hparams_domains(space)),
             ],
             progress_reporter=reporter,
-            verbose=1,
+            verbose={0: 0, 1: 1}.get(options.verbosity, 2),
         ),
     )
 
@@ -419,6 +421,8 @@ def run_search(options: SearchOptions) -> Path:
     dataset = load_dataset(run_base.data, path=options.data)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table, with our columns
+    quiet_internals(options.verbosity)
+    print(start_summary(options, space, run_base, dataset, exp), flush=True)
     import ray
     from ray import tune
 
@@ -437,7 +441,7 @@ def run_search(options: SearchOptions) -> Path:
                 mirror(exp, uri)
         trainable = tune.with_resources(
             tune.with_parameters(fsrf_trainable, space=space, data=trial_data(dataset), overrides=overrides,
-                                 experiment_dir=None if uri else str(exp)),
+                                 experiment_dir=None if uri else str(exp), quiet=options.verbosity < 2),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         if options.resume and tune.Tuner.can_restore(tune_path):

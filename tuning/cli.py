@@ -69,6 +69,11 @@ def build_parser(prog: str = "tune.py") -> argparse.ArgumentParser:
     sched.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every k epochs (default: 1)")
     sched.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: 2)")
     sched.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print the start summary and the final leaderboard only")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="also Tune's per-result lines and Ray's own log lines (left out by default)")
     p.add_argument("--version", action="version", version=version_line())
     p.add_argument("--smoke-test", action="store_true",
                    help="a tiny search: 4 trials of 2 epochs on small data, unless flags say otherwise")
@@ -95,7 +100,7 @@ def options_from_args(args: argparse.Namespace):
         scheduler=args.scheduler, sampler=args.sampler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,
         max_epochs=args.max_epochs, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
         multi_objective=args.multi_objective, resume=args.resume, restore_or_start=args.restore_or_start, seed=args.seed, num_cpus=args.num_cpus,
-        address=args.address, overrides=tuple(args.set),
+        address=args.address, overrides=tuple(args.set), verbosity=0 if args.quiet else 2 if args.verbose else 1,
     )
     if args.smoke_test:  # smoke values replace defaults, never flags given explicitly
         parser = build_parser()

@@ -8,6 +8,7 @@ restarts the trial (after a crash, a lost node, or ``--resume``).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import warnings
@@ -70,6 +71,7 @@ def fsrf_trainable(
     data: dict[str, Any],
     overrides: dict[str, Any],
     experiment_dir: str | None = None,
+    quiet: bool = True,
 ) -> None:
     """Train one trial's config; every epoch is reported to Tune.
 
@@ -81,7 +83,10 @@ def fsrf_trainable(
         experiment_dir: the experiment directory every node sees (local or NFS storage): the
             trial's scratch files go to ``<experiment_dir>/<trial>/.fsrf-work``; None (object-store
             storage): to Ray's local directory of the trial on its node.
+        quiet: leave out Ray's per-checkpoint log lines ("Checkpoint successfully created").
     """
+    if quiet:
+        logging.getLogger("ray.train").setLevel(logging.WARNING)
     context = ray.tune.get_context()
     resources = context.get_trial_resources().required_resources
     cpus = max(1, int(resources.get("CPU", 1)))
