@@ -13,7 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 from analysis_stores import ERROR_MESSAGES, write_store
-from tests_support import TINY
+from tests_support import TINY, dashboard_study
 
 from analysis import (
     Experiment,
@@ -242,6 +242,17 @@ def test_optuna_bridge_reads_back_with_optuna(tmp_path: Path, exp: Experiment, k
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert all(t.datetime_complete >= t.datetime_start for t in done)
     assert any(t.datetime_complete > t.datetime_start for t in done)
+    # what optuna-dashboard itself serves from that storage
+    served = dashboard_study(storage, "synth")
+    assert served["objective_names"] == ["objective"] and served["has_intermediate_values"]
+    assert [t["number"] for t in served["trials"]] == list(range(N_TRIALS))
+    by_id = {t.number: t for t in study.trials}
+    for shown in served["trials"]:
+        mine = by_id[shown["number"]]
+        assert shown["state"].upper() == mine.state.name
+        if mine.state.name == "COMPLETE":
+            assert shown["values"] == pytest.approx([mine.value])
+            assert shown["datetime_start"] <= shown["datetime_complete"]
 
 
 # -- CLI -------------------------------------------------------------------------------------

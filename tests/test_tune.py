@@ -78,7 +78,26 @@ def test_pruned_trials_reach_optuna_as_pruned_with_their_intermediate_values() -
     assert failed.state == TrialState.FAIL
 
 
-def _check_tensorboard(exp: Path, trials) -> None:  # noqa: ANN001 - a pyarrow table
+def _check_live_journal(exp: Path, trials, results) -> None:
+    """The journal the driver wrote as trials ended, as optuna-dashboard serves it."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from tests_support import dashboard_study
+
+    served = dashboard_study(JournalStorage(JournalFileBackend(str(exp / "optuna.journal"))), "smoke")
+    assert served["objective_names"] == ["objective"]
+    assert len(served["trials"]) == trials.num_rows
+    frame = results.to_pandas()
+    by_id = {next(a["value"] for a in t["user_attrs"] if a["key"] == "trial_id"): t for t in served["trials"]}
+    for trial_id, status in zip(trials.column("trial_id").to_pylist(), trials.column("status").to_pylist()):
+        shown = by_id[trial_id]
+        assert shown["state"].upper() == status  # COMPLETE / PRUNED
+        mine = frame[frame["trial_id"] == trial_id]
+        assert shown["values"] == pytest.approx([mine["objective"].min()])  # the best epoch's objective
+        assert [v["value"] for v in shown["intermediate_values"]] == pytest.approx(list(mine["objective"]))
+        assert shown["datetime_start"] < shown["datetime_complete"]
+
+
+def _check_tensorboard(exp: Path, trials) -> None:
     """One folder per trial with fsrf train's tags only, pruned marked, HParams over the whole space."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import metadata
@@ -128,6 +147,7 @@ def test_smoke_test_finishes_and_writes_store_best_config_and_tensorboard(tmp_pa
     config = load_config(exp / "best.yaml")  # a full training config, as `fsrf train --config` takes it
     assert config.train.epochs == 2 and config.model.hidden == 32
     _check_tensorboard(exp, trials)
+    _check_live_journal(exp, trials, read_results(exp))
     state = json.loads((exp / "fsrf_search.json").read_text())  # what the search was made with
     assert state["provenance"]["versions"]["optuna"] and state["provenance"]["data"]["generated"] == "basic"
     assert len(list(exp.rglob("provenance.json"))) >= 4  # each trial's run directory records its own

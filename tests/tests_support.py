@@ -13,3 +13,26 @@ TINY = {
     "train": {"epochs": 4, "num_threads": 2},
 }
 
+
+
+def dashboard_get(storage: object, path: str) -> dict:
+    """GET one JSON endpoint of optuna-dashboard's own WSGI app (``/api/studies``, ...) over ``storage``."""
+    import json
+    from wsgiref.util import setup_testing_defaults
+
+    import optuna_dashboard
+
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(PATH_INFO=path, REQUEST_METHOD="GET")
+    status: list[str] = []
+    body = b"".join(optuna_dashboard.wsgi(storage)(environ, lambda s, headers, exc=None: status.append(s)))
+    assert status == ["200 OK"], (status, body[:300])
+    return json.loads(body)
+
+
+def dashboard_study(storage: object, name: str) -> dict:
+    """The study ``name`` as optuna-dashboard serves it (its trials, objective names, ...)."""
+    studies = dashboard_get(storage, "/api/studies")["study_summaries"]
+    (study_id,) = [s["study_id"] for s in studies if s["study_name"] == name]
+    return dashboard_get(storage, f"/api/studies/{study_id}")

@@ -56,5 +56,6 @@ def start_summary(options: SearchOptions, space: SearchSpace, base: Config, data
         f"fsrf tune: {options.num_samples} trials x {epochs} epochs, {options.max_concurrent} at once, "
         f"{options.sampler} sampler, {scheduler} scheduler; data {dataset.name} ({sizes}; the test split "
         f"is never read); per trial {options.cpus_per_trial:g} CPU{gpus}\n"
-        f"fsrf tune: results in {where} (tensorboard --logdir {where})"
+        f"fsrf tune: results in {where}; watch with: tensorboard --logdir {where}  or  "
+        f"optuna-dashboard {where}/optuna.journal"
     )

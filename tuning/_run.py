@@ -279,6 +279,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
 
     from tuning._lost_checkpoints import LostCheckpointGuard
     from tuning._searcher import PruneAwareOptunaSearch
+    from tuning._optuna_journal import JOURNAL_FILE, OptunaJournalCallback
     from tuning._tensorboard import TensorBoardCallback, hparams_domains, tensorboard_root
     from tuning.store import ArrowStoreCallback
 
@@ -330,6 +331,8 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
                                    mirror_to=f"{experiment_uri(options)}/{STORE_DIR}"
                                    if is_uri(options.storage) else None),
                 TensorBoardCallback(tensorboard_root(exp), params=hparams_domains(space)),
+                OptunaJournalCallback(exp / JOURNAL_FILE, space=space, study_name=options.name,
+                                      multi_objective=options.multi_objective),
             ],
             progress_reporter=reporter,
             verbose={0: 0, 1: 1}.get(options.verbosity, 2),
