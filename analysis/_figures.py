@@ -75,12 +75,14 @@ def learning_curves(results: Any, trial_ids: Sequence[str], path: str | os.PathL
     """``metric`` against epoch for each trial of ``trial_ids`` (the top trials); best marked."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for tid in trial_ids:
+    for rank, tid in reversed(list(enumerate(trial_ids))):  # the best drawn last, on top, dark and thick
         rows = results[results["trial_id"] == tid].dropna(subset=[metric])
         if rows.empty:
             continue
         rows = rows.sort_values("iteration")
-        ax.plot(_epochs(rows), rows[metric], marker="o", markersize=3, linewidth=1.4, label=_short(tid))
+        style = {"color": "black", "linewidth": 2.6, "zorder": 5} if rank == 0 else {"linewidth": 1.3, "alpha": 0.85}
+        ax.plot(_epochs(rows), rows[metric], marker="o", markersize=3,
+                label=_short(tid) + (" (best)" if rank == 0 else ""), **style)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -89,7 +91,9 @@ def learning_curves(results: Any, trial_ids: Sequence[str], path: str | os.PathL
     ax.set_title(title or f"Learning curves of the top {len(trial_ids)} trials")
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(title="trial", fontsize=8, title_fontsize=8, ncol=2 if len(ax.lines) > 5 else 1)
+        handles, labels = ax.get_legend_handles_labels()  # in rank order, best first
+        ax.legend(handles[::-1], labels[::-1], title="trial", fontsize=8, title_fontsize=8,
+                  ncol=2 if len(ax.lines) > 5 else 1)
     else:
         ax.text(0.5, 0.5, "no results", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
@@ -180,13 +184,45 @@ def _codes(series: Any) -> tuple[Any, list[Any]]:
     return series.map(lambda v: index.get(v, math.nan)), cats
 
 
+STATUS_MARKERS = {"COMPLETE": {"label": "complete"}, "PRUNED": {"label": "pruned (stopped early)", "hollow": True}}
+"""How a trial's status is drawn in the per-trial scatter figures: pruned trials hollow."""
+
+
+def _scatter_by_status(ax: Any, x: Any, y: Any, status: Any, *, color: str = "C0") -> None:
+    """Complete trials filled, pruned ones hollow (their objective is from fewer epochs), others grey."""
+    import numpy as np
+
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    status = np.asarray(status if status is not None else ["COMPLETE"] * len(x), dtype=object)
+    for name, style in STATUS_MARKERS.items():
+        keep = status == name
+        if keep.any():
+            face = "none" if style.get("hollow") else color
+            ax.scatter(x[keep], y[keep], s=18, facecolors=face, edgecolors=color, linewidths=1.0, alpha=0.85,
+                       label=style["label"])
+    other = ~np.isin(status, list(STATUS_MARKERS))
+    if other.any():
+        ax.scatter(x[other], y[other], s=14, color="grey", marker="x", alpha=0.7, label="other")
+
+
+def _status(frame: Any) -> Any:
+    return frame["status"] if "status" in frame.columns else None
+
+
 def param_slices(best: Any, params: Sequence[str], path: str | os.PathLike[str], *, metric: str = "objective",
-                 log_params: Sequence[str] = (), title: str | None = None) -> Path:
+                 log_params: Sequence[str] = (), choice_params: Sequence[str] = (),
+                 title: str | None = None) -> Path:
     """One panel per searched parameter: ``metric`` of each trial (best epoch) against the parameter's value.
+
+    Panels share one y range. Complete trials are filled points, pruned ones hollow (``best`` may
+    carry a ``status`` column). On a log axis, trials whose value is 0 (a weight switched off)
+    are drawn at an "off" position left of the range, never dropped. A choice is drawn as
+    categories even when its values are numbers (a two-value choice is not a continuous axis).
 
     Args:
         params: ``config.*`` columns (or bare dotted names, ``config.`` is added).
         log_params: parameters drawn on a log x axis (log-scaled in the space).
+        choice_params: parameters that are choices (categorical) in the space.
     """
     plt = _plt()
     from matplotlib.ticker import NullFormatter
@@ -194,10 +230,11 @@ def param_slices(best: Any, params: Sequence[str], path: str | os.PathLike[str],
     cols = [p if p.startswith(CONFIG) else CONFIG + p for p in params]
     cols = [c for c in cols if c in best.columns and best[c].notna().any()] or [None]
     logs = {p if p.startswith(CONFIG) else CONFIG + p for p in log_params}
+    choices = {p if p.startswith(CONFIG) else CONFIG + p for p in choice_params}
     ncols = min(3, len(cols))
     nrows = math.ceil(len(cols) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False,
-                             layout="constrained")
+                             layout="constrained", sharey=True)
     for ax in axes.flat[len(cols):]:
         ax.set_visible(False)
     for ax, col in zip(axes.flat, cols):
@@ -205,26 +242,133 @@ def param_slices(best: Any, params: Sequence[str], path: str | os.PathLike[str],
             ax.text(0.5, 0.5, "no searched parameters", ha="center", va="center", transform=ax.transAxes)
             continue
         rows = best.dropna(subset=[col, metric])
-        if _is_categorical(rows[col]):
+        if col in choices or _is_categorical(rows[col]):
             codes, cats = _codes(rows[col])
             jitter = [((hash(str(t)) % 1000) / 1000 - 0.5) * 0.3 for t in rows["trial_id"]]
-            ax.scatter(codes + jitter, rows[metric], s=14, alpha=0.7)
+            _scatter_by_status(ax, codes + jitter, rows[metric], _status(rows))
             ax.set_xticks(range(len(cats)))
             ax.set_xticklabels([str(c) for c in cats], rotation=30 if len(cats) > 3 else 0, fontsize=8)
-            ax.set_xlabel(_label(col))
+            ax.set_xlabel(_label(col) + " (choice)")
         elif col in logs:
             positive = rows[rows[col] > 0]
-            ax.scatter(positive[col], positive[metric], s=14, alpha=0.7)
+            off = rows[rows[col] <= 0]
+            x = rows[col].astype(float).copy()
+            low = float(positive[col].min()) if len(positive) else 1.0
+            off_at = low / 10 ** 0.75  # left of the drawn range, on the log axis
+            x[rows[col] <= 0] = off_at
+            _scatter_by_status(ax, x, rows[metric], _status(rows))
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
-            off = len(rows) - len(positive)
-            ax.set_xlabel(_label(col) + " (log scale" + (f"; {off} trials at 0 not shown)" if off else ")"))
+            if len(off):
+                ax.axvline(off_at * 10 ** 0.375, color="grey", linewidth=0.6, linestyle=":")
+                ax.text(off_at, 1.0, "off", transform=ax.get_xaxis_transform(), ha="center", va="bottom",
+                        fontsize=8)
+            ax.set_xlabel(_label(col) + (f" (log scale; {len(off)} trials off, at left)" if len(off) else " (log scale)"))
         else:
-            ax.scatter(rows[col], rows[metric], s=14, alpha=0.7)
+            _scatter_by_status(ax, rows[col], rows[metric], _status(rows))
             ax.set_xlabel(_label(col))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(title or f"{metric} against each searched parameter (one point per trial)")
+    return _save(fig, path)
+
+
+def importance_bars(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, evaluator: str,
+                    n_trials: int, min_trials: int = 30, title: str | None = None) -> Path:
+    """Horizontal bars of each parameter's importance (``rows`` of :func:`importance_table`),
+    most important on top; below ``min_trials`` finished trials the figure says the ranking is unreliable."""
+    plt = _plt()
+    shown = [r for r in rows if r.get(evaluator) is not None]
+    fig, ax = plt.subplots(figsize=(7.0, 0.9 + 0.28 * max(len(shown), 1)))
+    if shown:
+        names = [r["param"] for r in shown][::-1]
+        values = [float(r[evaluator]) for r in shown][::-1]
+        ax.barh(names, values, color="C0")
+        ax.set_xlabel(f"{evaluator} importance (normalised to sum 1)")
+        ax.tick_params(axis="y", labelsize=8)
+    else:
+        ax.text(0.5, 0.5, f"no {evaluator} importance (too few finished trials?)", ha="center", va="center",
+                transform=ax.transAxes)
+    heading = title or f"Parameter importance ({evaluator})"
+    if n_trials < min_trials:
+        heading += f"\nonly {n_trials} finished trials (< {min_trials}): a rough ranking, not a finding"
+        ax.set_facecolor("#fff6e5")
+    ax.set_title(heading, fontsize=10)
+    ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def group_comparison(best: Any, column: str, path: str | os.PathLike[str], *, metric: str = "objective",
+                     mode: str = "min", groups: Sequence[Any] | None = None, title: str | None = None,
+                     xlabel: str | None = None) -> Path:
+    """Each trial's best-epoch ``metric`` by the value of ``column`` (a curriculum kind, a loss
+    term on/off): points per group (pruned hollow), the group's best marked, trial counts under
+    each group. One panel; groups in ``groups`` order (default: sorted)."""
+    plt = _plt()
+    rows = best.dropna(subset=[metric]) if metric in best.columns else best.iloc[0:0]
+    values = groups if groups is not None else sorted(rows[column].dropna().unique().tolist(), key=str) \
+        if column in rows.columns else []
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(values) + 2), 4.2))
+    better = min if mode == "min" else max
+    for i, value in enumerate(values):
+        part = rows[rows[column] == value] if column in rows.columns else rows.iloc[0:0]
+        jitter = [i + ((hash(str(t)) % 1000) / 1000 - 0.5) * 0.35 for t in part["trial_id"]]
+        _scatter_by_status(ax, jitter, part[metric], _status(part), color=f"C{i % 10}")
+        if len(part):
+            top = better(part[metric])
+            ax.plot([i - 0.3, i + 0.3], [top, top], color="black", linewidth=2.0)
+    ax.set_xticks(range(len(values)))
+    counts = [int((rows[column] == v).sum()) if column in rows.columns else 0 for v in values]
+    ax.set_xticklabels([f"{v}\n({n} trials)" for v, n in zip(values, counts)], fontsize=8)
+    ax.set_xlabel(xlabel or _label(column))
+    ax.set_ylabel(f"{metric} (best epoch; black bar: the group's best)")
+    ax.grid(alpha=0.3, axis="y")
+    if not values:
+        ax.text(0.5, 0.5, f"no {_label(column)} values", ha="center", va="center", transform=ax.transAxes)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if unique:
+        ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.set_title(title or f"{metric} by {_label(column)}")
+    return _save(fig, path)
+
+
+def switch_comparison(best: Any, params: Sequence[str], path: str | os.PathLike[str], *, metric: str = "objective",
+                      mode: str = "min", title: str | None = None) -> Path:
+    """For each switchable loss weight, its trials with the term off (weight 0) against those with
+    it on: one panel per term, one shared y range, pruned trials hollow, each side's best marked."""
+    plt = _plt()
+    cols = [p if p.startswith(CONFIG) else CONFIG + p for p in params]
+    cols = [c for c in cols if c in best.columns] or [None]
+    ncols = min(4, len(cols))
+    nrows = math.ceil(len(cols) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols + 0.5, 3.0 * nrows), squeeze=False,
+                             layout="constrained", sharey=True)
+    for ax in axes.flat[len(cols):]:
+        ax.set_visible(False)
+    better = min if mode == "min" else max
+    rows = best.dropna(subset=[metric]) if metric in best.columns else best.iloc[0:0]
+    for ax, col in zip(axes.flat, cols):
+        if col is None:
+            ax.text(0.5, 0.5, "no switchable terms", ha="center", va="center", transform=ax.transAxes)
+            continue
+        on = rows[col].fillna(0) > 0
+        for i, (part, name) in enumerate(((rows[~on], "off"), (rows[on], "on"))):
+            jitter = [i + ((hash(str(t)) % 1000) / 1000 - 0.5) * 0.35 for t in part["trial_id"]]
+            _scatter_by_status(ax, jitter, part[metric], _status(part), color="C3" if name == "off" else "C0")
+            if len(part):
+                top = better(part[metric])
+                ax.plot([i - 0.3, i + 0.3], [top, top], color="black", linewidth=2.0)
+        ax.set_xticks([0, 1])
+        ax.set_xticklabels([f"off ({int((~on).sum())})", f"on ({int(on.sum())})"], fontsize=8)
+        ax.set_xlim(-0.6, 1.6)
+        ax.set_title(_label(col), fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    axes.flat[0].set_ylabel(metric)
+    fig.suptitle(title or f"{metric} with each loss term off vs on (black bar: each side's best)")
     return _save(fig, path)
 
 

@@ -36,6 +36,8 @@ from tuning.store import CONFIG_PREFIX
 INDEX = "index.html"
 LEADERBOARD_CSV = "leaderboard.csv"
 IMPORTANCE_CSV = "importance.csv"
+MIN_IMPORTANCE_TRIALS = 30
+"""Below this many finished trials the report warns that importance is a rough ranking."""
 MAX_AXES = 8
 """Parameters on the parallel-coordinates plot (the most important ones)."""
 
@@ -43,7 +45,8 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:2em auto;
 max-width:1100px;color:#222;padding:0 1em}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+.wide{overflow-x:auto;max-width:100%}table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+pre{background:#f7f7f7;padding:.5em;overflow-x:auto;font-size:.8em}
 th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}th{background:#f3f3f3}
 td:nth-child(2){text-align:left}img{max-width:100%;border:1px solid #eee;margin:.5em 0}
 .note{color:#666;font-size:.9em}code{background:#f5f5f5;padding:0 .2em}
@@ -90,6 +93,31 @@ def _log_params(study: Any) -> list[str]:
     return sorted(logs)
 
 
+def _choice_params(study: Any) -> list[str]:
+    from optuna.distributions import CategoricalDistribution
+
+    return sorted({name for trial in study.get_trials(deepcopy=False)
+                   for name, dist in trial.distributions.items()
+                   if isinstance(dist, CategoricalDistribution) and not name.endswith(":off")})
+
+
+def _best_config(exp: Experiment, out: Path, slug: str, *, metric: str, mode: str) -> str:
+    """The top trial's full training config, written as ``<slug>-best.yaml`` beside the page
+    (by ``fsrf export``'s writer) and shown; a line saying why when it cannot be rebuilt."""
+    from analysis._export import export_config
+
+    path = out / f"{slug}-best.yaml"
+    try:
+        export_config(exp, out=path, metric=metric, mode=mode)
+    except FSRFError as err:
+        return f'<p class="note">no best config: {html.escape(str(err))}</p>'
+    text = path.read_text()
+    return (f'<p>The top trial as a full training config: <a href="{html.escape(path.name)}">{html.escape(path.name)}</a> '
+            f"(the same file <code>fsrf export</code> writes; train it with "
+            f"<code>fsrf train --config {html.escape(path.name)} --out runs/best</code>).</p>"
+            f'<details><summary>show it</summary><pre>{html.escape(text)}</pre></details>')
+
+
 def _table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
     if not rows:
         return '<p class="note">(none)</p>'
@@ -97,7 +125,7 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str] | None = None) -> 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(format_cell(r.get(c), missing='–'))}</td>" for c in columns) + "</tr>"
                    for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _csv(rows: list[dict[str, Any]], path: Path, columns: Sequence[str]) -> None:
@@ -145,6 +173,9 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
 
     results = exp.results.to_pandas()
     best = fig.best_rows(results, metric=metric, mode=mode)
+    statuses = {t["trial_id"]: t["status"] for t in exp.trials.select(["trial_id", "status"]).to_pylist()}
+    best = best.assign(status=best["trial_id"].map(statuses))
+    finished = sum(1 for v in statuses.values() if v in ("COMPLETE", "PRUNED"))
     top_ids = [r["trial_id"] for r in board if r["value"] is not None]
     top_best = best[best["trial_id"].isin(top_ids)]
     base = base_metric(exp, metric)
@@ -167,13 +198,27 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
             fig.best_rows(results, metric=robust, mode=base_mode) if robust in results.columns else best,
             out / f"{slug}-pareto.png", complete=complete, robust=robust, mode=base_mode,
             title=f"{exp.name}: complete vs robust {base}")),
+        ("Parameter importance", fig.importance_bars(
+            imp, out / f"{slug}-importance.png", evaluator=EVALUATORS[0], n_trials=finished,
+            title=f"{exp.name}: parameter importance ({EVALUATORS[0]}, {finished} finished trials)")),
         ("Parameter slices", fig.param_slices(
             best, slices, out / f"{slug}-slices.png", metric=metric, log_params=logs,
-            title=f"{exp.name}: {metric} against each parameter")),
+            choice_params=_choice_params(study),
+            title=f"{exp.name}: {metric} against each parameter (pruned trials hollow)")),
         ("Parallel coordinates", fig.parallel_coordinates(
             best, axes, out / f"{slug}-parallel.png", metric=metric, mode=mode, log_params=logs,
             title=f"{exp.name}: parallel coordinates ({len(axes)} most important parameters)")),
     ]
+    kind = CONFIG_PREFIX + "curriculum.kind"
+    if kind in best.columns and best[kind].nunique(dropna=True) > 1:
+        figures.append(("Curriculum kinds", fig.group_comparison(
+            best, kind, out / f"{slug}-curricula.png", metric=metric, mode=mode,
+            title=f"{exp.name}: {metric} by curriculum kind (pruned trials hollow)", xlabel="curriculum.kind")))
+    switches = [c[len(CONFIG_PREFIX):-len(":off")] for c in exp.config_columns if c.endswith(":off")]
+    if switches:
+        figures.append(("Loss terms off vs on", fig.switch_comparison(
+            best, switches, out / f"{slug}-terms.png", metric=metric, mode=mode,
+            title=f"{exp.name}: {metric} with each switchable weight off vs on")))
     counts = status_counts(exp)
     errors = error_messages(exp)
     protocol = _text_protocol(exp)
@@ -182,7 +227,11 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
              + html.escape(", ".join(f"{n} {s.lower()}" for s, n in counts.items())) + "</p>",
              f"<h3>Leaderboard: top {len(board)} by {html.escape(metric)} ({mode}, best over epochs)</h3>",
              _table(board), f'<p class="note">{html.escape(protocol_line(protocol))}</p>',
-             "<h3>Parameter importance (fANOVA, PED-ANOVA; normalised to sum 1)</h3>", _table(imp)]
+             "<h3>Best config</h3>", _best_config(exp, out, slug, metric=metric, mode=mode),
+             "<h3>Parameter importance (fANOVA, PED-ANOVA; normalised to sum 1)</h3>",
+             (f'<p class="note">Only {finished} finished trials: with fewer than {MIN_IMPORTANCE_TRIALS} the '
+              "importance is a rough ranking, not a finding.</p>" if finished < MIN_IMPORTANCE_TRIALS else ""),
+             _table(imp)]
     if errors:
         parts += ["<h3>Errors</h3>", _table([{"trial_id": t, "error": m} for t, m in errors.items()])]
     for caption, path in figures:

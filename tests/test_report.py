@@ -19,7 +19,7 @@ from fsrf._errors import FSRFError
 from analysis_stores import write_store
 
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("learning", "robustness", "pareto", "slices", "parallel")
+FIGURES = ("learning", "robustness", "pareto", "importance", "slices", "parallel", "curricula", "terms")
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,43 @@ def test_html_references_only_existing_local_files(report: Path) -> None:
         assert (report.parent / link).is_file(), link
     anchors = set(re.findall(r'id="([^"]+)"', page))
     assert all(link[1:] in anchors for link in links if link.startswith("#"))
+
+
+def test_best_config_is_linked_and_loads_as_a_training_config(report: Path, exp_dir: Path) -> None:
+    from analysis._leaderboard import leaderboard
+    from fsrf import load_config
+    from fsrf._yaml import read_yaml
+
+    page = report.read_text(encoding="utf-8")
+    assert 'href="1-mosi-robust-best.yaml"' in page and "fsrf train --config 1-mosi-robust-best.yaml" in page
+    path = report.parent / "1-mosi-robust-best.yaml"
+    load_config(path)  # a complete training config
+    top = leaderboard(load_experiment(exp_dir), top=1)[0]
+    assert read_yaml(path)["provenance"]["trial_id"] == top["trial_id"]
+    assert "rough ranking" not in page  # 40 trials: no small-sample warning
+
+
+def test_pruned_trials_are_drawn_hollow_and_switched_off_weights_are_kept() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analysis._figures import _scatter_by_status
+
+    fig, ax = plt.subplots()
+    _scatter_by_status(ax, [1, 2, 3], [0.5, 0.6, 0.7], ["COMPLETE", "PRUNED", "COMPLETE"])
+    filled, hollow = ax.collections
+    assert len(filled.get_offsets()) == 2 and len(hollow.get_offsets()) == 1
+    assert filled.get_facecolors()[0][3] > 0 and len(hollow.get_facecolors()) == 0
+    assert ax.get_legend_handles_labels()[1] == ["complete", "pruned (stopped early)"]
+    plt.close(fig)
+
+
+def test_few_trials_get_an_importance_warning(tmp_path: Path) -> None:
+    small = write_store(tmp_path / "small", n_trials=12, epochs=3, seed=4)
+    page = write_report(load_experiment(small), tmp_path / "out", top=3).read_text(encoding="utf-8")
+    assert "rough ranking, not a finding" in page
 
 
 def test_csv_tables_parse(report: Path) -> None:
