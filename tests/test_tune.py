@@ -164,7 +164,7 @@ def test_nan_trials_are_recorded_as_errors_and_the_search_goes_on(tmp_path: Path
         "params:\n  optim.lr: {choice: [0.001, 1.0e+12]}\n"
     )
     proc = _tune(["--smoke-test", "--space", str(space), "--storage", str(tmp_path), "--name", "nan",
-                  "--max-failures", "0", "--scheduler", "fifo"], _ray_env(ray_tmp))
+                  "--max-failures", "2", "--scheduler", "fifo"], _ray_env(ray_tmp))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     trials = read_trials(tmp_path / "nan").to_pylist()
@@ -172,6 +172,10 @@ def test_nan_trials_are_recorded_as_errors_and_the_search_goes_on(tmp_path: Path
     errored = [t for t in trials if t["status"] == "ERROR"]
     assert all(t["config.optim.lr"] == 1e12 for t in errored)
     assert errored and all("loss term" in t["error"] for t in errored)
+    # Tune's retries (--max-failures 2) did not train it again: they failed at once with the recorded error
+    assert all("not trained again" in t["error"] for t in errored)
+    for t in errored:
+        assert (tmp_path / "nan" / f"trial_{t['trial_id']}" / "nonfinite.txt").is_file()
     assert all(t["status"] == "COMPLETE" for t in trials if t["config.optim.lr"] == 0.001)
 
 

@@ -63,6 +63,7 @@ class SearchOptions:
     address: str | None = None
     overrides: tuple[str, ...] = ()
     verbosity: int = 1
+    retry_nan: bool = False
 
 
 def trial_name(trial: Any) -> str:
@@ -444,7 +445,8 @@ def run_search(options: SearchOptions) -> Path:
                 mirror(exp, uri)
         trainable = tune.with_resources(
             tune.with_parameters(fsrf_trainable, space=space, data=trial_data(dataset), overrides=overrides,
-                                 experiment_dir=None if uri else str(exp), quiet=options.verbosity < 2),
+                                 experiment_dir=None if uri else str(exp), quiet=options.verbosity < 2,
+                                 retry_nan=options.retry_nan),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         if options.resume and tune.Tuner.can_restore(tune_path):

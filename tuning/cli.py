@@ -68,6 +68,9 @@ def build_parser(prog: str = "tune.py") -> argparse.ArgumentParser:
                        help="optimise complete and robust objectives together (Pareto front; FIFO)")
     sched.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every k epochs (default: 1)")
     sched.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: 2)")
+    sched.add_argument("--retry-nan", action="store_true",
+                       help="train a trial again after its loss turned NaN/inf (default: its retries fail at once "
+                            "with the recorded error: the NaN repeats under the trial's seed)")
     sched.add_argument("--seed", type=int, default=0, help="seed of the Optuna sampler (default: 0)")
     talk = p.add_mutually_exclusive_group()
     talk.add_argument("-q", "--quiet", action="store_true",
@@ -101,6 +104,7 @@ def options_from_args(args: argparse.Namespace):
         max_epochs=args.max_epochs, checkpoint_every=args.checkpoint_every, max_failures=args.max_failures,
         multi_objective=args.multi_objective, resume=args.resume, restore_or_start=args.restore_or_start, seed=args.seed, num_cpus=args.num_cpus,
         address=args.address, overrides=tuple(args.set), verbosity=0 if args.quiet else 2 if args.verbose else 1,
+        retry_nan=args.retry_nan,
     )
     if args.smoke_test:  # smoke values replace defaults, never flags given explicitly
         parser = build_parser()

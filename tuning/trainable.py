@@ -20,14 +20,17 @@ import ray
 import ray.tune
 import torch
 
-from fsrf import OBJECTIVE, FSRFError, load_checkpoint, train, with_overrides
+from fsrf import OBJECTIVE, FSRFError, NonFiniteLossError, load_checkpoint, train, with_overrides
 from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
 from fsrf._provenance import record_provenance
+from fsrf._yaml import atomic_write_text
 from tuning._run import WORK_DIR
 from tuning._shared_data import from_arrays
 from tuning.space import SearchSpace
 
 CHECKPOINT_FILE = LAST_CHECKPOINT
+NONFINITE_FILE = "nonfinite.txt"
+"""In a trial's folder: the error of the epoch whose loss turned non-finite (not retried unless asked)."""
 
 
 def work_dir(trial_dir: str | Path) -> Path:
@@ -72,6 +75,7 @@ def fsrf_trainable(
     overrides: dict[str, Any],
     experiment_dir: str | None = None,
     quiet: bool = True,
+    retry_nan: bool = False,
 ) -> None:
     """Train one trial's config; every epoch is reported to Tune.
 
@@ -84,6 +88,10 @@ def fsrf_trainable(
             trial's scratch files go to ``<experiment_dir>/<trial>/.fsrf-work``; None (object-store
             storage): to Ray's local directory of the trial on its node.
         quiet: leave out Ray's per-checkpoint log lines ("Checkpoint successfully created").
+        retry_nan: train a trial again after its loss turned non-finite. False (default): a
+            non-finite loss is deterministic under the trial's seed, so Tune's retries of such a
+            trial fail at once with the recorded error (``nonfinite.txt`` in the trial's folder)
+            instead of spending the budget on training it again.
     """
     if quiet:
         logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -106,13 +114,21 @@ def fsrf_trainable(
     trial_dir = Path(experiment_dir) / context.get_trial_name() if experiment_dir else context.get_trial_dir()
     work = work_dir(trial_dir)
     record_provenance(trial_dir, config.data)  # kept with the trial (the scratch below is removed)
+    marker = Path(trial_dir) / NONFINITE_FILE
+    if marker.is_file() and not retry_nan:
+        raise NonFiniteLossError(f"{marker.read_text().strip()} (not trained again: a non-finite loss repeats "
+                                 "under the trial's seed; tune.py --retry-nan retries such trials)")
     try:
         out = work / "run"
         out.mkdir()
         report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates, work)
         checkpoint = ray.tune.get_checkpoint()
         resume = None if checkpoint is None else _resume_file(checkpoint, out, context.get_trial_id())
-        train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+        try:
+            train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+        except NonFiniteLossError as err:
+            atomic_write_text(marker, f"{err}\n")
+            raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
