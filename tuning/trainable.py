@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 from fsrf import OBJECTIVE, FSRFError, load_checkpoint, train, with_overrides
 from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
 from fsrf._provenance import record_provenance
+from tuning._pbt import schedule_columns
 from tuning._run import WORK_DIR
 from tuning._shared_data import from_arrays
 from tuning.space import SearchSpace
@@ -44,11 +45,18 @@ def work_dir(trial_dir: str | Path) -> Path:
     return work
 
 
-def _reporter(select_metric: str, complete: bool, work: Path) -> Callable[[dict[str, float], Path | None], None]:
+def _reporter(select_metric: str, complete: bool, work: Path, *, retune: Sequence[str] = (),
+              inherited: Sequence[dict[str, float]] = ()) -> Callable[[dict[str, float], Path | None], None]:
+    """Tune's report of every epoch; with ``retune`` (a population-based search) each result also
+    carries the followed schedule so far (``inherited``: the restored checkpoint's history)."""
     complete_key = rate_key(VALID, 0.0, select_metric)
+    lineage = list(inherited)
 
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
         metrics = dict(metrics)
+        if retune:
+            lineage[:] = [r for r in lineage if r[EPOCH] < metrics[EPOCH]] + [dict(metrics)]
+            metrics.update(schedule_columns(lineage, retune))
         # Tune's iteration is the epoch, also after a restart from scratch (see _resume_file).
         metrics["training_iteration"] = int(metrics[EPOCH])
         if complete:
@@ -70,6 +78,7 @@ def fsrf_trainable(
     data: dict[str, Any],
     overrides: dict[str, Any],
     experiment_dir: str | None = None,
+    retune: Sequence[str] = (),
 ) -> None:
     """Train one trial's config; every epoch is reported to Tune.
 
@@ -81,6 +90,9 @@ def fsrf_trainable(
         experiment_dir: the experiment directory every node sees (local or NFS storage): the
             trial's scratch files go to ``<experiment_dir>/<trial>/.fsrf-work``; None (object-store
             storage): to Ray's local directory of the trial on its node.
+        retune: the fields a population-based search perturbs (``tuning._pbt``): a restored
+            checkpoint may hold other values of them (another trial's, before the perturbation),
+            and every report carries the followed schedule; empty for other searches.
     """
     context = ray.tune.get_context()
     resources = context.get_trial_resources().required_resources
@@ -104,10 +116,13 @@ def fsrf_trainable(
     try:
         out = work / "run"
         out.mkdir()
-        report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates, work)
         checkpoint = ray.tune.get_checkpoint()
         resume = None if checkpoint is None else _resume_file(checkpoint, out, context.get_trial_id())
-        train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+        inherited = load_checkpoint(resume)["history"] if resume is not None and retune else []
+        report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates, work,
+                           retune=retune, inherited=inherited)
+        train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False,
+              retune=retune)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
