@@ -82,7 +82,7 @@ def _float_param(space: SearchSpace, name: str, flag: str) -> Param:
 
 def check_population(
     space: SearchSpace, *, scheduler: str, population: int, interval: int, perturb: Sequence[str],
-    multi_objective: bool, checkpoint_every: int, epochs: int, sampler: str,
+    multi_objective: bool, checkpoint_every: int, epochs: int, sampler: str, patience: int = 0,
 ) -> tuple[Param, ...]:
     """Refuse a population-based search the space or the flags do not allow.
 
@@ -105,6 +105,9 @@ def check_population(
     if interval % checkpoint_every:
         raise FSRFError(f"--checkpoint-every: {checkpoint_every} must divide --perturbation-interval "
                         f"{interval} (an exploit restores the checkpoint of a perturbation epoch)")
+    if patience:
+        raise FSRFError(f"--scheduler {scheduler}: train.patience {patience} stops trials early, which stalls a "
+                        "synchronous population at its next perturbation; set train.patience=0")
     if sampler not in ("tpe", "random"):
         raise FSRFError(f"--sampler {sampler}: --scheduler {scheduler} draws its population at random "
                         "(seeded by --seed); drop --sampler")
@@ -135,12 +138,16 @@ def draw_population(space: SearchSpace, size: int, *, seed: int) -> list[dict[st
     Every param (and switch) of the space is a key of every config; one that a draw leaves
     unsampled (its ``when`` unmet) is None, which :meth:`SearchSpace.to_config` reads as absent.
     """
+    import warnings
+
     import optuna
 
     fixed = {"curriculum.kind": "constant"} if "curriculum.kind" in space.param_names() else {}
     sampler = optuna.samplers.RandomSampler(seed=seed)
     if fixed:
-        sampler = optuna.samplers.PartialFixedSampler(fixed, sampler)
+        with warnings.catch_warnings():  # "PartialFixedSampler is experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.PartialFixedSampler(fixed, sampler)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=sampler)
     names = [n for p in space.params for n in ((p.switch_name, p.name) if p.has_switch else (p.name,))]
@@ -185,22 +192,30 @@ def build_scheduler(kind: str, params: Sequence[Param], *, metric: str, mode: st
 
     PBT multiplies a value by 0.8 or 1.2, or resamples it from its range (log-uniformly for a
     ``log: true`` range) with probability 1/4; PB2 picks values inside the ranges with a GP bandit.
-    Both pass their choice through :class:`KeepInSpace`.
+    Both pass their choice through :class:`KeepInSpace`, and both run synchronously: a trial at
+    a perturbation epoch waits for the rest of the population, so every trial of the lower
+    quantile (the worst quarter, at least one) exploits one of the upper quantile each interval,
+    whatever the trials' speeds (asynchronously, a fast trial meets no scored peer and a small
+    population is never perturbed). Neither perturbs at a trial's last epoch (``tuning._pbt_schedulers``).
     """
     import random
 
     from ray import tune
-    from ray.tune.schedulers import PB2, PopulationBasedTraining
+
+    from tuning._pbt_schedulers import FinalEpochPBT
 
     random.seed(seed)  # PBT draws its exploit partners and perturbations from `random`
     explore = KeepInSpace.of(params)
     common = {"time_attr": "training_iteration", "metric": metric, "mode": mode,
-              "perturbation_interval": interval, "custom_explore_fn": explore, "log_config": True}
+              "perturbation_interval": interval, "custom_explore_fn": explore, "log_config": True,
+              "synch": True}
     if kind == "pb2":
-        return PB2(hyperparam_bounds={p.name: [float(p.low), float(p.high)] for p in params}, **common)
+        from tuning._pbt_schedulers import FinalEpochPB2
+
+        return FinalEpochPB2(hyperparam_bounds={p.name: [float(p.low), float(p.high)] for p in params}, **common)
     mutations = {p.name: (tune.loguniform if p.log else tune.uniform)(float(p.low), float(p.high))
                  for p in params}
-    return PopulationBasedTraining(hyperparam_mutations=mutations, **common)
+    return FinalEpochPBT(hyperparam_mutations=mutations, **common)
 
 
 def schedule_columns(lineage: Sequence[Mapping[str, float]], retune: Sequence[str]) -> dict[str, float]:

@@ -191,14 +191,15 @@ def build_sampler(name: str, space: SearchSpace, *, seed: int):
     return optuna.samplers.CmaEsSampler(seed=seed, consider_pruned_trials=True)
 
 
-def _check_population(options: SearchOptions, space: SearchSpace, epochs: int) -> tuple[Any, ...]:
+def _check_population(options: SearchOptions, space: SearchSpace, run_base: Any) -> tuple[Any, ...]:
     """The params a pbt/pb2 search perturbs (after its checks, see ``tuning._pbt``); () for others."""
     if not is_population(options.scheduler):
         return ()
     return check_population(
         space, scheduler=options.scheduler, population=options.population or options.num_samples,
         interval=options.perturbation_interval, perturb=options.perturb, multi_objective=options.multi_objective,
-        checkpoint_every=options.checkpoint_every, epochs=epochs, sampler=options.sampler,
+        checkpoint_every=options.checkpoint_every, epochs=run_base.train.epochs, sampler=options.sampler,
+        patience=run_base.train.patience,
     )
 
 
@@ -360,7 +361,8 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
         param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=options.num_samples,
-            max_concurrent_trials=options.max_concurrent, reuse_actors=True,
+            # a synchronous population waits for all its members: it runs as the resources allow
+            max_concurrent_trials=None if perturbed else options.max_concurrent, reuse_actors=True,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
@@ -463,7 +465,7 @@ def run_search(options: SearchOptions) -> Path:
     if is_population(options.scheduler):
         overrides.update(population_overrides())
     run_base = with_overrides(space.base, overrides, source="--set")  # a bad --set fails before any Ray work
-    perturbed = _check_population(options, space, run_base.train.epochs)
+    perturbed = _check_population(options, space, run_base)
     dataset = load_dataset(run_base.data, path=options.data)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table, with our columns
