@@ -94,6 +94,21 @@ def test_explore_keeps_values_in_the_space() -> None:
     assert keep({"curriculum.end": 0.1, "model.homo": 0.4, "model.homo:off": True})["model.homo"] == 0.0
 
 
+def test_schedulers_are_pbt_and_pb2_stepping_in_epochs() -> None:
+    from tuning._pbt import build_scheduler
+    from tuning._pbt_schedulers import FinalEpochPB2, FinalEpochPBT
+
+    space = load_space(SPACE)
+    params = check_population(space, scheduler="pb2", population=2, interval=2, perturb=("optim.lr",),
+                              multi_objective=False, checkpoint_every=1, epochs=8, sampler="tpe")
+    pbt = build_scheduler("pbt", params, metric="objective", mode="min", interval=2, seed=0)
+    pb2 = build_scheduler("pb2", params, metric="objective", mode="min", interval=2, seed=0)
+    assert isinstance(pbt, FinalEpochPBT) and isinstance(pb2, FinalEpochPB2)
+    for scheduler in (pbt, pb2):
+        assert scheduler._perturbation_interval == 2 and scheduler._synch
+        assert set(scheduler._hyperparam_mutations) == {"curriculum.end", "optim.lr"}
+
+
 def test_followed_schedule_columns_round_trip_to_a_replay_curriculum() -> None:
     lineage = [{"epoch": 1.0, TRAIN_RATE: 0.5, retuned_key("optim.lr"): 1e-3},
                {"epoch": 2.0, TRAIN_RATE: 0.5, retuned_key("optim.lr"): 1e-3},

@@ -3,9 +3,11 @@
 Stock PBT perturbs a trial whenever ``perturbation_interval`` epochs have passed, also at its
 last epoch: the exploiting trial then restarts from the other's final checkpoint under a new
 config and trains nothing more, so its stored config names values it never trained with. Here
-a result whose ``final_epoch`` is 1.0 (the epoch budget) just continues, unless another trial
-is paused (in synchronous mode it may be waiting for this one at a perturbation epoch, which
-only PBT's own handling of this result releases).
+a trial at its last epoch (a result whose ``final_epoch`` is 1.0) never exploits: the result
+just continues when no other trial is paused, and otherwise goes through PBT's synchronous
+bookkeeping (another trial may be waiting for this one at a perturbation epoch, and only that
+releases it) with the trial left out of the lower quantile. This overrides a private method of
+Ray's ``PopulationBasedTraining`` (``_checkpoint_or_exploit``); ``tests/test_pbt.py`` runs it.
 """
 
 from __future__ import annotations
@@ -18,31 +20,31 @@ from ray.tune.schedulers.pb2 import PB2
 from fsrf._constants import FINAL_EPOCH
 
 
-def _last_epoch(tune_controller: Any, trial: Any, result: dict) -> bool:
-    """Whether ``result`` is the trial's last epoch and no other trial waits (paused)."""
-    return result.get(FINAL_EPOCH) == 1.0 and not any(
-        t is not trial and t.status == "PAUSED" for t in tune_controller.get_trials()
-    )
-
-
-class FinalEpochPBT(PopulationBasedTraining):
-    """``PopulationBasedTraining`` that never perturbs at a trial's last epoch."""
+class _LastEpochAlone:
+    """The mixin of :class:`FinalEpochPBT` and :class:`FinalEpochPB2`."""
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """Tune's hook: a last epoch continues (to its end), see :func:`_last_epoch`; the rest is PBT's."""
-        if _last_epoch(tune_controller, trial, result):
+        """Tune's hook: a last epoch with no trial paused continues (to its end); the rest is PBT's."""
+        if result.get(FINAL_EPOCH) == 1.0 and not any(
+            t is not trial and t.status == "PAUSED" for t in tune_controller.get_trials()
+        ):
             return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+        return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+
+    def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list,
+                               lower_quantile: list) -> None:
+        last = self._trial_state[trial].last_result or {}  # type: ignore[attr-defined]
+        if last.get(FINAL_EPOCH) == 1.0:  # it ends here: nothing to exploit for
+            lower_quantile = [t for t in lower_quantile if t is not trial]
+        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)  # type: ignore[misc]
 
 
-class FinalEpochPB2(PB2):
-    """``PB2`` that never perturbs at a trial's last epoch."""
+class FinalEpochPBT(_LastEpochAlone, PopulationBasedTraining):
+    """``PopulationBasedTraining`` that never perturbs a trial at its last epoch."""
 
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        """Tune's hook: a last epoch continues (to its end), see :func:`_last_epoch`; the rest is PB2's."""
-        if _last_epoch(tune_controller, trial, result):
-            return TrialScheduler.CONTINUE
-        return super().on_trial_result(tune_controller, trial, result)
+
+class FinalEpochPB2(_LastEpochAlone, PB2):
+    """``PB2`` that never perturbs a trial at its last epoch."""
 
 
 __all__ = ["FinalEpochPB2", "FinalEpochPBT"]

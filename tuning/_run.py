@@ -520,6 +520,9 @@ def run_search(options: SearchOptions) -> Path:
         mirror(exp, uri)
         print(f"mirrored the trial store and {BEST_FILE} to {uri}")
     if best is not None:
+        if perturbed:
+            print(f"{BEST_FILE}: the trial whose followed schedule ended best (at its last epoch), that schedule "
+                  "as a replay curriculum")
         print(f"wrote {best}; train it with: fsrf train --config {best} --out runs/{options.name}-best")
     if stopped:
         raise SearchStopped(f"the search stopped with {stopped} trial(s) unfinished; continue it with: "
