@@ -191,3 +191,9 @@ def test_a_pbt_search_records_followed_schedules_and_best_yaml_replays_the_winne
     assert [curriculum.rate(e) for e in range(4)] == schedules[best_trial]["rate"]
     assert best.optim.lr == schedules[best_trial]["optim.lr"][-1]
     assert best.train.epochs == 4
+
+    from analysis._report import write_report
+
+    index = write_report(exp, tmp_path / "report")  # the report draws the learned schedules
+    assert (tmp_path / "report" / "1-pbt-schedules.png").stat().st_size > 0
+    assert "1-pbt-schedules.png" in index.read_text()
