@@ -5,6 +5,7 @@
     python tune.py --space tuning/spaces/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl \\
         --name mosi-robust --num-samples 200 --max-concurrent 8 --gpus-per-trial 0.5 --storage /shared/ray_results
     python tune.py --name mosi-robust --storage /shared/ray_results --resume
+    python tune.py --scheduler pbt --population 8 --perturbation-interval 2 --perturb optim.lr   # tuning/_pbt.py
 
 Without ``RAY_ADDRESS`` or ``--address`` a local Ray is started on this machine
 (``--num-cpus``, dashboard off, token authentication on); with one, the search
