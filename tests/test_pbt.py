@@ -4,6 +4,7 @@ schedules, best.yaml's replay curriculum, and the bad inputs."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,12 +162,15 @@ def test_a_pbt_search_records_followed_schedules_and_best_yaml_replays_the_winne
 
     ray_tmp = tempfile.mkdtemp(prefix="fp", dir="/tmp")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
-    run = subprocess.run(
-        [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", "--scheduler", "pbt", "--population", "2",
-         "--perturbation-interval", "2", "--perturb", "optim.lr", "--max-epochs", "4", "--seed", "1",
-         "--storage", str(tmp_path), "--name", "pbt", *TINY_SEARCH],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False,
-    )
+    try:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", "--scheduler", "pbt", "--population", "2",
+             "--perturbation-interval", "2", "--perturb", "optim.lr", "--max-epochs", "4", "--seed", "1",
+             "--storage", str(tmp_path), "--name", "pbt", *TINY_SEARCH],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     exp = tmp_path / "pbt"
     schedules = followed_schedules(exp / "store")
