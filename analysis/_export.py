@@ -22,6 +22,7 @@ from fsrf import Config, save_config, with_overrides
 from fsrf._constants import OBJECTIVE
 from fsrf._errors import FSRFError
 from fsrf._yaml import parse_overrides
+from tuning._pbt import RATE, is_population, population_overrides, schedule_of, winner_overrides
 from tuning._summary import trial_config
 from tuning.space import SearchSpace, load_space
 
@@ -49,6 +50,8 @@ def run_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
         overrides["train.epochs"] = options["max_epochs"]
     if options.get("data"):
         overrides["data.path"] = str(options["data"])
+    if is_population(options.get("scheduler")):
+        overrides.update(population_overrides())
     return overrides
 
 
@@ -70,12 +73,18 @@ def pick_trial(exp: Experiment, *, rank: int = 1, metric: str = OBJECTIVE, mode:
 
 
 def trial_training_config(exp: Experiment, trial_id: str, *, space: SearchSpace) -> Config:
-    """The complete training config the trial ran with (minus its device and thread count)."""
+    """The complete training config the trial ran with (minus its device and thread count).
+
+    A trial of a population-based search (pbt, pb2) gets the schedule it followed: its rates per
+    epoch as a ``replay`` curriculum, each other perturbed field at its last value.
+    """
     rows = exp.trials.filter(pc.equal(exp.trials["trial_id"], trial_id)).to_pylist()
     if not rows:
         raise FSRFError(f"experiment {exp.name!r}: no trial {trial_id!r}")
     config = space.to_config(trial_config(rows[0]))
-    return with_overrides(config, run_overrides(exp.options), source=f"{exp.name}: search options")
+    schedule = schedule_of(rows[0])
+    followed = winner_overrides(schedule) if RATE in schedule else {}
+    return with_overrides(config, {**run_overrides(exp.options), **followed}, source=f"{exp.name}: search options")
 
 
 def export_config(

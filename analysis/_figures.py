@@ -435,3 +435,41 @@ def parallel_coordinates(best: Any, params: Sequence[str], path: str | os.PathLi
     ax.set_xlim(-0.3, len(axes_cols) - 0.7)
     ax.set_title(title or f"Parallel coordinates of {len(rows)} trials (best epoch each)")
     return _save(fig, path)
+
+
+def learned_schedules(schedules: dict[str, dict[str, list[float]]], trial_ids: Sequence[str],
+                      path: str | os.PathLike[str], *, title: str | None = None) -> Path:
+    """The schedules a population-based search's top trials followed, one panel per perturbed field.
+
+    Args:
+        schedules: ``{trial_id: {name: [value per epoch from 1]}}`` (``tuning._pbt.followed_schedules``);
+            ``rate`` is the training missing rate, other names are perturbed config fields.
+        trial_ids: the trials to draw, best first (those without a schedule are skipped).
+    """
+    plt = _plt()
+    drawn = [t for t in trial_ids if t in schedules]
+    names = sorted({n for t in drawn for n in schedules[t]}, key=lambda n: (n != "rate", n))
+    fig, axes = plt.subplots(len(names) or 1, 1, figsize=(7.5, 2.6 * max(1, len(names))), sharex=True,
+                             squeeze=False)
+    for ax, name in zip(axes[:, 0], names):
+        for tid in drawn:
+            values = schedules[tid].get(name)
+            if values:
+                ax.step(range(1, len(values) + 1), values, where="post", marker="o", markersize=3,
+                        linewidth=1.4, label=_short(tid))
+        ax.set_ylabel("training missing rate" if name == "rate" else name)
+        if name != "rate" and all(v > 0 for t in drawn for v in schedules[t].get(name, [1.0])):
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    bottom = axes[-1, 0]
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.set_xlabel("epoch")
+    axes[0, 0].set_title(title or f"Followed schedules of the top {len(drawn)} trials")
+    if drawn:
+        axes[0, 0].legend(title="trial", fontsize=8, title_fontsize=8, ncol=2 if len(drawn) > 5 else 1)
+    else:
+        axes[0, 0].text(0.5, 0.5, "no followed schedules", ha="center", va="center",
+                        transform=axes[0, 0].transAxes)
+    return _save(fig, path)

@@ -153,6 +153,17 @@ def _text_protocol(exp: Experiment) -> str:
     return protocols.pop() if len(protocols) == 1 else "mixed"
 
 
+def _schedules(exp: Experiment) -> dict[str, dict[str, list[float]]]:
+    """Each trial's followed schedule (a population-based search's), ``{}`` for other searches."""
+    from tuning._pbt import SCHEDULE_PREFIX, schedule_of
+
+    names = [c for c in exp.trials.column_names if c == "trial_id" or c.startswith(SCHEDULE_PREFIX)]
+    if len(names) < 2:
+        return {}
+    rows = exp.trials.select(names).to_pylist()
+    return {r["trial_id"]: s for r in rows if (s := schedule_of(r))}
+
+
 def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, mode: str | None,
                         top: int) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
     check_metric(exp, metric)
@@ -219,6 +230,11 @@ def _experiment_section(exp: Experiment, index: int, out: Path, *, metric: str, 
         figures.append(("Loss terms off vs on", fig.switch_comparison(
             best, switches, out / f"{slug}-terms.png", metric=metric, mode=mode,
             title=f"{exp.name}: {metric} with each switchable weight off vs on")))
+    schedules = _schedules(exp)
+    if schedules:  # a population-based search (pbt, pb2): what its top trials learned
+        figures.insert(1, ("Learned schedules (population-based search)", fig.learned_schedules(
+            schedules, [r["trial_id"] for r in board], out / f"{slug}-schedules.png",
+            title=f"{exp.name}: followed schedules of the top trials (missing rate, perturbed fields)")))
     counts = status_counts(exp)
     errors = error_messages(exp)
     protocol = _text_protocol(exp)

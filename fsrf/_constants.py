@@ -109,6 +109,13 @@ FINAL_EPOCH: Final = "final_epoch"
 """1.0 in the report of a run's last epoch (its epoch budget or early stopping), else 0.0."""
 TRAIN_RATE: Final = "train/missing_rate"
 LEARNING_RATE: Final = "train/lr"
+RETUNED_PREFIX: Final = f"{TRAIN}/retuned/"
+"""Prefix of the per-epoch values of config fields a resumed run may change (``train(retune=...)``)."""
+
+
+def retuned_key(path: str) -> str:
+    """``train/retuned/optim.lr``: the value a retunable config field had in that epoch."""
+    return f"{RETUNED_PREFIX}{path}"
 
 
 def rate_key(split: str, rate: float, metric: str) -> str:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from fsrf._constants import (
     VALID,
     direction,
     loss_key,
+    retuned_key,
     robust_key,
 )
 from fsrf._device import check_precision, compile_model, resolve_device, run_settings
@@ -110,15 +112,59 @@ def _parameter_groups(model: torch.nn.Module, config: Config) -> list[dict]:
     return [{"params": rest}, {"params": text, "lr": config.optim.text_lr}]
 
 
-def _check_resume_config(config: Config, stored: Config, source: str) -> None:
-    """A resumed run must use the stored config; only ``train.epochs`` may grow."""
+RETUNABLE_PREFIXES = ("curriculum.", "model.", "optim.lr", "optim.text_lr", "optim.weight_decay")
+"""Config fields ``train(retune=...)`` may name: the curriculum, loss weights (the model
+section's numbers: a population-based search must not change an architecture field, which the
+restored weights would not fit), and the optimiser's learning rates and weight decay."""
+
+
+def _check_retune(config: Config, retune: Collection[str]) -> tuple[str, ...]:
+    """``retune`` as a tuple, each a numeric field :data:`RETUNABLE_PREFIXES` allows."""
+    flat = flatten_config(config)
+    for key in retune:
+        if key not in flat:
+            raise FSRFError(f"train(retune=...): {key!r} is not a config path")
+        value = flat[key]
+        numeric = not isinstance(value, bool) and isinstance(value, numbers.Real)
+        if (not key.startswith(RETUNABLE_PREFIXES) or (key != "curriculum.kind" and not numeric)
+                or (key.startswith("model.") and not isinstance(value, float))):
+            raise FSRFError(f"train(retune=...): {key!r} cannot change on resume; expected a curriculum "
+                            "field, a numeric model field (a loss weight) or optim.lr/text_lr/weight_decay")
+    return tuple(retune)
+
+
+def _check_resume_config(config: Config, stored: Config, source: str, retune: Collection[str] = ()) -> None:
+    """A resumed run must use the stored config; only ``train.epochs`` may grow, and the
+    ``retune`` fields may change (a population-based search perturbs them between epochs)."""
     new, old = flatten_config(config), flatten_config(stored)
     for key, value in new.items():
-        if key != "train.epochs" and old[key] != value:
+        if key != "train.epochs" and key not in retune and old[key] != value:
             raise FSRFError(
                 f"{source}: config differs from the checkpoint's at {key!r} "
                 f"({value!r} != stored {old[key]!r}); resume with the same config"
             )
+
+
+def _retune_optimizer(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                      config: Config, retune: Collection[str]) -> None:
+    """After loading a checkpoint's optimiser and schedule: this config's learning rates and weight
+    decay for the retuned ones (the checkpoint's stored ones would otherwise win), on the same
+    warm-up and decay position."""
+    groups = optimizer.param_groups
+    if "optim.weight_decay" in retune:
+        for group in groups:
+            group["weight_decay"] = config.optim.weight_decay
+    peaks = [config.optim.lr, config.optim.text_lr][: len(groups)]
+    changed = False
+    for i, (key, peak) in enumerate(zip(("optim.lr", "optim.text_lr"), peaks)):
+        if key in retune and scheduler.base_lrs[i] != peak:
+            scheduler.base_lrs[i] = peak
+            groups[i]["initial_lr"] = peak
+            changed = True
+    if changed:
+        for group, peak, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = peak * factor(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in groups]
 
 
 def train(
@@ -131,6 +177,7 @@ def train(
     progress: bool = False,
     verbose: bool = False,
     tensorboard: bool = True,
+    retune: Collection[str] = (),
 ) -> TrainResult:
     """Train FSRF under ``config``.
 
@@ -148,17 +195,24 @@ def train(
         verbose: with ``progress``, one line per epoch on a terminal too.
         tensorboard: write TensorBoard scalars under ``out_dir/tensorboard``
             (a tuner whose own logger writes them turns this off).
+        retune: dotted config fields that may differ from the checkpoint's on resume (a
+            population-based search perturbs them between epochs): curriculum fields, numeric
+            model fields (loss weights), ``optim.lr``, ``optim.text_lr``, ``optim.weight_decay``.
+            Every epoch's report then carries each one's value as ``train/retuned/<field>``,
+            and the restored optimiser takes this config's learning rates and weight decay.
 
     Raises:
         FSRFError: bad data, a mismatching checkpoint, ``train.precision: fp16`` without a CUDA
             device, or a non-finite loss (:class:`NonFiniteLossError`, naming the epoch and the term).
     """
     tc = config.train
+    retune = _check_retune(config, retune)
     device = resolve_device(tc.device)
     check_precision(device, tc.precision)
     with run_settings(device, tf32=tc.tf32, deterministic=tc.deterministic):
         return _train(config, device, report=report, resume_from=resume_from, out_dir=out_dir,
-                      dataset=dataset, progress=progress, verbose=verbose, tensorboard=tensorboard)
+                      dataset=dataset, progress=progress, verbose=verbose, tensorboard=tensorboard,
+                      retune=retune)
 
 
 def _start_line(config: Config, model: torch.nn.Module, dataset: MultimodalDataset, device: torch.device, *,
@@ -184,6 +238,7 @@ def _train(
     progress: bool,
     verbose: bool,
     tensorboard: bool,
+    retune: tuple[str, ...] = (),
 ) -> TrainResult:
     """:func:`train` under the run's device settings."""
     tc = config.train
@@ -216,11 +271,14 @@ def _train(
     start, best, bad, history = 0, None, 0, []
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        _check_resume_config(config, checkpoint_config(state, source=str(resume_from)), str(resume_from))
+        stored = checkpoint_config(state, source=str(resume_from))
+        _check_resume_config(config, stored, str(resume_from), retune)
         load_weights(model, state, source=str(resume_from))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        curriculum.load_state_dict(state["curriculum"])
+        _retune_optimizer(optimizer, scheduler, config, retune)
+        if stored.curriculum.kind == config.curriculum.kind:  # a retuned kind starts with a fresh state
+            curriculum.load_state_dict(state["curriculum"])
         generator.set_state(state["generator"])
         if state.get("scaler"):
             ctx.scaler.load_state_dict(state["scaler"])
@@ -238,6 +296,8 @@ def _train(
     select = robust_key(VALID, tc.select_metric)
     sign = 1.0 if direction(tc.select_metric) == "min" else -1.0
     stopped = False
+    flat = flatten_config(config)
+    retuned = {retuned_key(k): float(flat[k]) for k in retune if k != "curriculum.kind"}
     tty = sys.stderr.isatty()
     if progress:
         print(_start_line(config, model, dataset, device, start=start, out=out), file=sys.stderr, flush=True)
@@ -268,6 +328,7 @@ def _train(
                 EPOCH: float(epoch + 1),
                 TRAIN_RATE: rate,
                 LEARNING_RATE: float(optimizer.param_groups[0]["lr"]),
+                **retuned,
                 **{loss_key(k): v for k, v in losses.items()},
                 **metrics,
                 OBJECTIVE: objective,

@@ -135,7 +135,12 @@ class _JournalHooks:
             state = TrialState.FAIL  # finished without a finite objective
         if state == TrialState.FAIL or (self.multi_objective and state == TrialState.PRUNED):
             values = None
-        params, dists = drawn_params(self.space, dict(trial.config))
+        try:
+            params, dists = drawn_params(self.space, dict(trial.config))
+        except Exception as err:  # noqa: BLE001 - a config the space cannot replay: the trial without params
+            warnings.warn(f"{self.path}: trial {trial.trial_id}'s config is not one the space draws "
+                          f"({str(err).splitlines()[0][:160]}); journaled without parameters", stacklevel=2)
+            params, dists = {}, {}
         intermediate = {} if self.multi_objective else {
             step: float(e[OBJECTIVE]) for step, e in seen["epochs"].items()
             if isinstance(e.get(OBJECTIVE), int | float) and math.isfinite(e[OBJECTIVE])}

@@ -25,6 +25,7 @@ from fsrf._provenance import provenance
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
 from tuning._console import quiet_internals, ray_log_level, start_summary
+from tuning._pbt import check_population, is_population, population_overrides
 from tuning._remote import download, is_uri, mirror, resolve, staging_dir
 from tuning._store_write import STORE_DIR
 from tuning.space import SearchSpace, load_space
@@ -49,6 +50,7 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     scheduler: str = "asha"
+    """``asha``, ``fifo``, or a population-based one, ``pbt`` or ``pb2`` (see ``tuning._pbt``)."""
     sampler: str = "tpe"
     grace_period: int | None = None
     reduction_factor: int | None = None
@@ -64,6 +66,12 @@ class SearchOptions:
     overrides: tuple[str, ...] = ()
     verbosity: int = 1
     retry_nan: bool = False
+    population: int | None = None
+    """pbt/pb2: trials in the population (then also ``num_samples``)."""
+    perturbation_interval: int = 2
+    """pbt/pb2: epochs between a trial's perturbations."""
+    perturb: tuple[str, ...] = ()
+    """pbt/pb2: float params perturbed besides the training missing rate (loss weights, optim.lr)."""
 
 
 def trial_name(trial: Any) -> str:
@@ -129,6 +137,7 @@ def resolve_options(options: SearchOptions) -> SearchOptions:
         )
     stored = state["options"]
     stored["overrides"] = tuple(stored.get("overrides", ()))
+    stored["perturb"] = tuple(stored.get("perturb", ()))
     return SearchOptions(**{**stored, **{k: getattr(options, k) for k in RUNTIME_FIELDS}})
 
 
@@ -183,6 +192,18 @@ def build_sampler(name: str, space: SearchSpace, *, seed: int):
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, deterministic_objective=False)
     return optuna.samplers.CmaEsSampler(seed=seed, consider_pruned_trials=True)
+
+
+def _check_population(options: SearchOptions, space: SearchSpace, run_base: Any) -> tuple[Any, ...]:
+    """The params a pbt/pb2 search perturbs (after its checks, see ``tuning._pbt``); () for others."""
+    if not is_population(options.scheduler):
+        return ()
+    return check_population(
+        space, scheduler=options.scheduler, population=options.population or options.num_samples,
+        interval=options.perturbation_interval, perturb=options.perturb, multi_objective=options.multi_objective,
+        checkpoint_every=options.checkpoint_every, epochs=run_base.train.epochs, sampler=options.sampler,
+        patience=run_base.train.patience,
+    )
 
 
 def _write_state(options: SearchOptions, space: SearchSpace, exp: Path) -> None:
@@ -273,20 +294,45 @@ def _check_resources(options: SearchOptions, *, local: bool) -> None:
         print(f"fsrf tune: warning: {problem}; trials wait until the autoscaler adds such a node")
 
 
-def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainable: Any) -> Any:
+def _population_search(options: SearchOptions, space: SearchSpace, perturbed: tuple[Any, ...]) -> dict[str, Any]:
+    """The Tuner arguments of a population-based search: its drawn population and PBT/PB2."""
+    from ray.tune.search import BasicVariantGenerator
+
+    from tuning._pbt import build_scheduler, draw_population
+
+    size = options.population or options.num_samples
+    population = draw_population(space, size, seed=options.seed)
+    scheduler = build_scheduler(options.scheduler, perturbed, metric=OBJECTIVE, mode=space.mode,
+                                interval=options.perturbation_interval, seed=options.seed)
+    print(f"fsrf tune: {options.scheduler.upper()} over a population of {size} drawn at random (seed "
+          f"{options.seed}), constant curriculum; every {options.perturbation_interval} epoch(s) it perturbs "
+          f"{', '.join(p.name for p in perturbed)}")
+    return {"search_alg": BasicVariantGenerator(points_to_evaluate=population), "scheduler": scheduler,
+            "num_samples": size, "param_space": dict.fromkeys(population[0])}
+
+
+def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainable: Any,
+                 perturbed: tuple[Any, ...] = ()) -> Any:
     from ray import tune
     from ray.tune import CLIReporter
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from tuning._lost_checkpoints import LostCheckpointGuard
-    from tuning._searcher import PruneAwareOptunaSearch
     from tuning._optuna_journal import JOURNAL_FILE, OptunaJournalCallback
+    from tuning._searcher import PruneAwareOptunaSearch
     from tuning._tensorboard import TensorBoardCallback, hparams_domains, tensorboard_root
     from tuning.store import ArrowStoreCallback
 
     epochs = options.max_epochs or space.base.train.epochs
-    sampler = build_sampler(options.sampler, space, seed=options.seed)
-    if options.multi_objective:
+    param_space: dict[str, Any] | None = None
+    keep = 2
+    if perturbed:
+        chosen = _population_search(options, space, perturbed)
+        searcher, scheduler, param_space = chosen["search_alg"], chosen["scheduler"], chosen["param_space"]
+        # a trial restores another's checkpoint of a perturbation epoch: keep those of two intervals
+        keep = max(4, 2 * options.perturbation_interval // options.checkpoint_every + 2)
+    elif options.multi_objective:
+        sampler = build_sampler(options.sampler, space, seed=options.seed)
         searcher = PruneAwareOptunaSearch(
             space.define_by_run, metric=[COMPLETE_OBJECTIVE, OBJECTIVE], mode=[space.mode, space.mode],
             sampler=sampler, study_name=options.name,
@@ -294,6 +340,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
         scheduler = FIFOScheduler()
         print("fsrf tune: multi-objective (complete vs robust): Optuna's multi-objective TPE, FIFO scheduling")
     else:
+        sampler = build_sampler(options.sampler, space, seed=options.seed)
         searcher = PruneAwareOptunaSearch(
             space.define_by_run, metric=OBJECTIVE, mode=space.mode, sampler=sampler, study_name=options.name
         )
@@ -316,16 +363,18 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
     )
     return tune.Tuner(
         trainable,
+        param_space=param_space,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=options.num_samples,
-            max_concurrent_trials=options.max_concurrent, reuse_actors=True,
+            # a synchronous population waits for all its members: it runs as the resources allow
+            max_concurrent_trials=None if perturbed else options.max_concurrent, reuse_actors=True,
             trial_name_creator=trial_name, trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=options.name,
             storage_path=options.storage if is_uri(options.storage) else str(exp.parent),
             failure_config=tune.FailureConfig(max_failures=options.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             callbacks=[
                 LostCheckpointGuard(),
                 ArrowStoreCallback(exp / STORE_DIR, experiment=options.name,
@@ -421,7 +470,10 @@ def run_search(options: SearchOptions) -> Path:
     overrides = {"train.checkpoint_every": options.checkpoint_every, **parse_overrides(options.overrides)}
     if options.max_epochs:
         overrides["train.epochs"] = options.max_epochs
+    if is_population(options.scheduler):
+        overrides.update(population_overrides())
     run_base = with_overrides(space.base, overrides, source="--set")  # a bad --set fails before any Ray work
+    perturbed = _check_population(options, space, run_base)
     dataset = load_dataset(run_base.data, path=options.data)
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's classic table, with our columns
@@ -446,7 +498,7 @@ def run_search(options: SearchOptions) -> Path:
         trainable = tune.with_resources(
             tune.with_parameters(fsrf_trainable, space=space, data=trial_data(dataset), overrides=overrides,
                                  experiment_dir=None if uri else str(exp), quiet=options.verbosity < 2,
-                                 retry_nan=options.retry_nan),
+                                 retry_nan=options.retry_nan, retune=tuple(p.name for p in perturbed)),
             {"cpu": options.cpus_per_trial, "gpu": options.gpus_per_trial},
         )
         if options.resume and tune.Tuner.can_restore(tune_path):
@@ -456,7 +508,7 @@ def run_search(options: SearchOptions) -> Path:
                 print(f"fsrf tune: {tune_path} holds this search's {STATE_FILE} but no Tune state (tuner.pkl; "
                       f"the driver was stopped before Tune saved any): starting it afresh in place, "
                       f"keeping {_store_rows(exp / STORE_DIR)} row(s) already in its store")
-            tuner = _build_tuner(options, space, exp, trainable)
+            tuner = _build_tuner(options, space, exp, trainable, perturbed)
         tuner.fit()
     finally:
         ray.shutdown()
@@ -473,11 +525,14 @@ def run_search(options: SearchOptions) -> Path:
     # best.yaml holds everything `fsrf train --config best.yaml` needs, the data file too (as `fsrf export` writes it)
     data = {"data.path": str(options.data)} if options.data else {}
     best = write_best(exp / STORE_DIR, space, overrides={**overrides, **data}, path=exp / BEST_FILE,
-                      experiment=options.name)
+                      experiment=options.name, population=bool(perturbed))
     if uri is not None:
         mirror(exp, uri)
         print(f"mirrored the trial store and {BEST_FILE} to {uri}")
     if best is not None:
+        if perturbed:
+            print(f"{BEST_FILE}: the trial whose followed schedule ended best (at its last epoch), that schedule "
+                  "as a replay curriculum")
         print(f"wrote {best}; train it with: fsrf train --config {best} --out runs/{options.name}-best")
     if stopped:
         raise SearchStopped(f"the search stopped with {stopped} trial(s) unfinished; continue it with: "

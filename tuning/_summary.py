@@ -68,21 +68,57 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+def population_winner(store: Path, *, mode: str) -> dict[str, Any] | None:
+    """The winner of a population-based search: the trial whose followed schedule ended best.
+
+    Ranked by the objective of its last epoch, not its best one: after an exploit a trial's
+    earlier rows are its own, but its followed schedule (and so its last row) is another's, and
+    ``best.yaml`` replays that schedule to its end. Its ``followed_schedule`` is added.
+    """
+    from tuning._pbt import schedule_of
+
+    sign = 1.0 if mode == "min" else -1.0
+    ranked = []
+    for trial in read_trials(store).to_pylist():
+        value, schedule = trial.get(OBJECTIVE), schedule_of(trial)
+        if trial["status"] != "ERROR" and schedule and value is not None and not math.isnan(value):
+            ranked.append((sign * value, trial["trial_id"], {**trial, "followed_schedule": schedule}))
+    return min(ranked)[2] if ranked else None
+
+
 def write_best(
-    store: Path, space: SearchSpace, *, overrides: dict[str, Any], path: Path, experiment: str
+    store: Path, space: SearchSpace, *, overrides: dict[str, Any], path: Path, experiment: str,
+    population: bool = False,
 ) -> Path | None:
-    """Write the best trial's full training config (``fsrf train --config`` takes it as is)."""
-    trials = [t for t in ranked_trials(store, mode=space.mode) if t["best_objective"] is not None]
-    if not trials:
-        return None
-    best = trials[0]
-    config = with_overrides(space.to_config(trial_config(best)), overrides, source=str(path))
+    """Write the best trial's full training config (``fsrf train --config`` takes it as is).
+
+    For a population-based search (``population``), the winner is the trial whose followed
+    schedule ended best (:func:`population_winner`), and its config replays that schedule: its
+    rates per epoch as a ``replay`` curriculum, each other perturbed field at its last value.
+    """
+    if population:
+        from tuning._pbt import winner_overrides
+
+        best = population_winner(store, mode=space.mode)
+        if best is None:
+            return None
+        value, extra = best[OBJECTIVE], winner_overrides(best["followed_schedule"])
+    else:
+        trials = [t for t in ranked_trials(store, mode=space.mode) if t["best_objective"] is not None]
+        if not trials:
+            return None
+        best = trials[0]
+        value, extra = best["best_objective"], {}
+    config = with_overrides(space.to_config(trial_config(best)), {**overrides, **extra}, source=str(path))
     provenance = {
         "experiment": experiment,
         "trial_id": best["trial_id"],
         "objective": space.metric,
-        "objective_value": best["best_objective"],
+        "objective_value": value,
         "store": str(store),
     }
+    if population:
+        provenance["objective_of"] = "last epoch of the followed schedule"
+        provenance["followed_schedule"] = best["followed_schedule"]
     save_config(config, path, provenance=provenance)
     return path

@@ -5,6 +5,7 @@
     python tune.py --space tuning/spaces/mosi.yaml --data /data/MOSI/Processed/unaligned_50.pkl \\
         --name mosi-robust --num-samples 200 --max-concurrent 8 --gpus-per-trial 0.5 --storage /shared/ray_results
     python tune.py --name mosi-robust --storage /shared/ray_results --resume
+    python tune.py --scheduler pbt --population 8 --perturbation-interval 2 --perturb optim.lr   # tuning/_pbt.py
 
 Without ``RAY_ADDRESS`` or ``--address`` a local Ray is started on this machine
 (``--num-cpus``, dashboard off, token authentication on); with one, the search
@@ -58,7 +59,10 @@ def build_parser(prog: str = "tune.py") -> argparse.ArgumentParser:
     budget.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     budget.add_argument("--address", default=None, help="join this Ray cluster (default: RAY_ADDRESS, else local)")
     sched = p.add_argument_group("scheduling")
-    sched.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="early stopping (default: asha)")
+    sched.add_argument("--scheduler", choices=("asha", "fifo", "pbt", "pb2"), default="asha",
+                       help="asha (early stopping), fifo, or population-based training that learns the missing-"
+                            "rate schedule: pbt (Ray's PopulationBasedTraining) or pb2 (its GP-bandit variant) "
+                            "(default: asha)")
     sched.add_argument("--sampler", choices=("tpe", "random", "gp", "cmaes"), default="tpe",
                        help="Optuna sampler: tpe, random (a baseline), gp or cmaes (numeric spaces without "
                             "conditional parameters only) (default: tpe)")
@@ -66,6 +70,14 @@ def build_parser(prog: str = "tune.py") -> argparse.ArgumentParser:
     sched.add_argument("--reduction-factor", type=int, default=None, help="ASHA: rung reduction (default: the space's)")
     sched.add_argument("--multi-objective", action="store_true",
                        help="optimise complete and robust objectives together (Pareto front; FIFO)")
+    sched.add_argument("--population", type=int, default=None,
+                       help="pbt/pb2: trials in the population, drawn at random from the space (default: "
+                            "--num-samples)")
+    sched.add_argument("--perturbation-interval", type=int, default=None,
+                       help="pbt/pb2: epochs between perturbations of a trial (default: 2)")
+    sched.add_argument("--perturb", action="append", default=[], metavar="PARAM",
+                       help="pbt/pb2: also perturb this float param of the space, a loss weight (model.*) or "
+                            "optim.lr; repeatable or comma-separated (the missing rate, curriculum.end, always is)")
     sched.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every k epochs (default: 1)")
     sched.add_argument("--max-failures", type=int, default=2, help="retries of a failed trial (default: 2)")
     sched.add_argument("--retry-nan", action="store_true",
@@ -97,6 +109,7 @@ def options_from_args(args: argparse.Namespace):
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise FSRFError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     _check_flags(args, name)
+    population = _population_flags(args)
     values = dict(
         space=space, name=name, storage=args.storage, data=data, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
@@ -112,6 +125,9 @@ def options_from_args(args: argparse.Namespace):
             if key != "overrides" and getattr(args, key) == parser.get_default(key):
                 values[key] = value
         values["overrides"] = _smoke_overrides(space) + tuple(args.set)
+        if population and args.population is None and args.num_samples == parser.get_default("num_samples"):
+            population.update(population=values["num_samples"], num_samples=values["num_samples"])
+    values.update(population)
     return SearchOptions(**values)
 
 
@@ -135,6 +151,38 @@ def _check_flags(args: argparse.Namespace, name: str) -> None:
             raise FSRFError(f"--storage: {storage} is a file, expected a directory (created if missing)")
         if any(parent.exists() and not parent.is_dir() for parent in storage.parents):
             raise FSRFError(f"--storage: {storage} lies under a file, expected a directory path")
+
+
+def _population_flags(args: argparse.Namespace) -> dict:
+    """``--population``, ``--perturbation-interval`` and ``--perturb`` as options; the population
+    is also ``num_samples``.
+
+    Raises:
+        FSRFError: one line naming the flag: one given without ``--scheduler pbt|pb2``, a
+            population below 2, an interval below 1, ``--multi-objective`` with pbt/pb2.
+    """
+    perturb = tuple(p.strip() for item in args.perturb for p in item.split(",") if p.strip())
+    if args.scheduler not in ("pbt", "pb2"):
+        for flag, value in (("--population", args.population), ("--perturbation-interval",
+                                                                 args.perturbation_interval),
+                            ("--perturb", perturb or None)):
+            if value is not None:
+                raise FSRFError(f"{flag}: only for --scheduler pbt or pb2 (got --scheduler {args.scheduler})")
+        return {}
+    if args.multi_objective:
+        raise FSRFError(f"--multi-objective: --scheduler {args.scheduler} optimises one objective (the robust "
+                        "one); drop --multi-objective or use --scheduler fifo")
+    population = args.num_samples if args.population is None else args.population
+    if population < 2:
+        raise FSRFError(f"--population: {population} must be >= 2 (a trial exploits another's checkpoint)")
+    interval = 2 if args.perturbation_interval is None else args.perturbation_interval
+    if interval < 1:
+        raise FSRFError(f"--perturbation-interval: {interval} must be >= 1")
+    if args.grace_period is not None or args.reduction_factor is not None:
+        raise FSRFError(f"--{'grace-period' if args.grace_period is not None else 'reduction-factor'}: "
+                        f"ASHA's; --scheduler {args.scheduler} stops no trial")
+    return {"population": population, "num_samples": population, "perturbation_interval": interval,
+            "perturb": perturb}
 
 
 def _smoke_overrides(space: str) -> tuple[str, ...]:

@@ -23,7 +23,8 @@ Rows (one wide table): ``schema_version`` int64, ``experiment``, ``trial_id`` st
 ``complete``, ``pruned``, ``error``), ``message`` (the error's first line),
 ``session``, ``seq`` int64 (monotonic per writer), ``ts`` timestamp[us, UTC]; then
 ``config.<dotted.path>`` (bool, int64, float64, or string; lists as JSON) and one
-float64 column per numeric reported key (``objective``, ``valid/robust/MAE``, ...).
+float64 column per numeric reported key (``objective``, ``valid/robust/MAE``, ...; a
+population-based search adds the followed schedule, ``schedule/rate/e0001``, ..., see ``tuning._pbt``).
 Every file's schema metadata holds ``fsrf.store.schema_version`` and
 ``fsrf.store.versions`` (Python, pyarrow, Ray, Optuna, torch).
 

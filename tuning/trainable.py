@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from fsrf import OBJECTIVE, FSRFError, NonFiniteLossError, load_checkpoint, trai
 from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
 from fsrf._provenance import record_provenance
 from fsrf._yaml import atomic_write_text
+from tuning._pbt import schedule_columns
 from tuning._run import WORK_DIR
 from tuning._shared_data import from_arrays
 from tuning.space import SearchSpace
@@ -48,11 +49,18 @@ def work_dir(trial_dir: str | Path) -> Path:
     return work
 
 
-def _reporter(select_metric: str, complete: bool, work: Path) -> Callable[[dict[str, float], Path | None], None]:
+def _reporter(select_metric: str, complete: bool, work: Path, *, retune: Sequence[str] = (),
+              inherited: Sequence[dict[str, float]] = ()) -> Callable[[dict[str, float], Path | None], None]:
+    """Tune's report of every epoch; with ``retune`` (a population-based search) each result also
+    carries the followed schedule so far (``inherited``: the restored checkpoint's history)."""
     complete_key = rate_key(VALID, 0.0, select_metric)
+    lineage = list(inherited)
 
     def report(metrics: dict[str, float], checkpoint: Path | None) -> None:
         metrics = dict(metrics)
+        if retune:
+            lineage[:] = [r for r in lineage if r[EPOCH] < metrics[EPOCH]] + [dict(metrics)]
+            metrics.update(schedule_columns(lineage, retune))
         # Tune's iteration is the epoch, also after a restart from scratch (see _resume_file).
         metrics["training_iteration"] = int(metrics[EPOCH])
         if complete:
@@ -76,6 +84,7 @@ def fsrf_trainable(
     experiment_dir: str | None = None,
     quiet: bool = True,
     retry_nan: bool = False,
+    retune: Sequence[str] = (),
 ) -> None:
     """Train one trial's config; every epoch is reported to Tune.
 
@@ -92,6 +101,9 @@ def fsrf_trainable(
             non-finite loss is deterministic under the trial's seed, so Tune's retries of such a
             trial fail at once with the recorded error (``nonfinite.txt`` in the trial's folder)
             instead of spending the budget on training it again.
+        retune: the fields a population-based search perturbs (``tuning._pbt``): a restored
+            checkpoint may hold other values of them (another trial's, before the perturbation),
+            and every report carries the followed schedule; empty for other searches.
     """
     if quiet:
         logging.getLogger("ray.train").setLevel(logging.WARNING)
@@ -121,11 +133,14 @@ def fsrf_trainable(
     try:
         out = work / "run"
         out.mkdir()
-        report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates, work)
         checkpoint = ray.tune.get_checkpoint()
         resume = None if checkpoint is None else _resume_file(checkpoint, out, context.get_trial_id())
+        inherited = load_checkpoint(resume)["history"] if resume is not None and retune else []
+        report = _reporter(config.train.select_metric, 0.0 in config.missing.valid_rates, work,
+                           retune=retune, inherited=inherited)
         try:
-            train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False)
+            train(config, dataset=dataset, out_dir=out, report=report, resume_from=resume, tensorboard=False,
+                  retune=retune)
         except NonFiniteLossError as err:
             atomic_write_text(marker, f"{err}\n")
             raise

@@ -1,0 +1,203 @@
+"""Population-based searches (--scheduler pbt | pb2): retunable resumes, the population, followed
+schedules, best.yaml's replay curriculum, and the bad inputs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from fsrf import Config, FSRFError, load_config, train, with_overrides
+from fsrf._constants import LEARNING_RATE, TRAIN_RATE, retuned_key
+from fsrf.data import MultimodalDataset
+from tuning._pbt import (
+    KeepInSpace,
+    check_population,
+    draw_population,
+    replay_overrides,
+    schedule_columns,
+    schedule_key,
+    schedule_of,
+    winner_overrides,
+)
+from tuning.cli import main
+from tuning.space import load_space
+
+ROOT = Path(__file__).resolve().parents[1]
+SPACE = ROOT / "tuning" / "spaces" / "default.yaml"
+
+
+# -- fsrf.train(retune=...) ---------------------------------------------------------------------
+def test_a_resume_may_change_exactly_the_retuned_fields(
+    tiny_config: Config, tiny_dataset: MultimodalDataset, tmp_path: Path
+) -> None:
+    from fsrf.train import _lr_schedule
+
+    first = with_overrides(tiny_config, {"curriculum.kind": "constant", "curriculum.end": 0.3, "train.epochs": 1})
+    train(first, dataset=tiny_dataset, out_dir=tmp_path, tensorboard=False, retune=("curriculum.end", "optim.lr"))
+    later = with_overrides(first, {"curriculum.end": 0.6, "optim.lr": 1e-3, "train.epochs": 3})
+    with pytest.raises(FSRFError, match="curriculum.end"):  # without retune: the stored config wins
+        train(later, dataset=tiny_dataset, resume_from=tmp_path / "last.pt")
+    result = train(later, dataset=tiny_dataset, resume_from=tmp_path / "last.pt",
+                   retune=("curriculum.end", "optim.lr"))
+    assert [r[TRAIN_RATE] for r in result.history] == [0.3, 0.6, 0.6]  # the inherited epoch, then the new rate
+    assert [r[retuned_key("optim.lr")] for r in result.history] == [3e-3, 1e-3, 1e-3]
+    # the restored optimiser takes the new peak at the same point of its warm-up and decay
+    steps = len(tiny_dataset.train) // later.optim.batch_size
+    factor = _lr_schedule(steps * 3, later.optim.warmup_fraction)(steps * 2)
+    assert result.history[1][LEARNING_RATE] == pytest.approx(1e-3 * factor)
+
+
+def test_retune_refuses_architecture_fields(tiny_config: Config, tiny_dataset: MultimodalDataset) -> None:
+    with pytest.raises(FSRFError, match="model.hidden"):
+        train(tiny_config, dataset=tiny_dataset, retune=("model.hidden",))
+    with pytest.raises(FSRFError, match="train.seed"):
+        train(tiny_config, dataset=tiny_dataset, retune=("train.seed",))
+
+
+# -- the population and its schedules ---------------------------------------------------------------
+def test_population_draws_constant_curricula_the_space_rebuilds() -> None:
+    space = load_space(SPACE)
+    population = draw_population(space, 3, seed=0)
+    assert population == draw_population(space, 3, seed=0)  # seeded
+    for config in population:
+        assert config["curriculum.kind"] == "constant"
+        assert config["curriculum.start"] is None  # unsampled (its `when` is unmet), read as absent
+        assert space.to_config(config).curriculum.kind == "constant"
+
+
+def test_check_population_names_the_flag() -> None:
+    space = load_space(SPACE)
+    ok = {"scheduler": "pbt", "population": 2, "interval": 2, "perturb": (), "multi_objective": False,
+          "checkpoint_every": 1, "epochs": 8, "sampler": "tpe"}
+    assert [p.name for p in check_population(space, **{**ok, "perturb": ("optim.lr", "model.homo")})] == [
+        "curriculum.end", "optim.lr", "model.homo"]
+    for bad, flag in (({"interval": 8}, "--perturbation-interval"), ({"checkpoint_every": 3}, "--checkpoint-every"),
+                      ({"perturb": ("optim.batch_size",)}, "--perturb"), ({"perturb": ("model.distill_margin",)},
+                                                                           "--perturb"),
+                      ({"sampler": "gp"}, "--sampler"), ({"population": 1}, "--population")):
+        with pytest.raises(FSRFError, match=flag):
+            check_population(space, **{**ok, **bad})
+
+
+def test_explore_keeps_values_in_the_space() -> None:
+    space = load_space(SPACE)
+    params = check_population(space, scheduler="pbt", population=2, interval=2, perturb=("model.homo",),
+                              multi_objective=False, checkpoint_every=1, epochs=8, sampler="tpe")
+    keep = KeepInSpace.of(params)
+    assert keep({"curriculum.end": 1.2, "model.homo": 5.0, "model.homo:off": False}) == {
+        "curriculum.end": 0.9, "model.homo": 3.0, "model.homo:off": False}
+    assert keep({"curriculum.end": 0.1, "model.homo": 0.4, "model.homo:off": True})["model.homo"] == 0.0
+
+
+def test_schedulers_are_pbt_and_pb2_stepping_in_epochs() -> None:
+    from tuning._pbt import build_scheduler
+    from tuning._pbt_schedulers import FinalEpochPB2, FinalEpochPBT
+
+    space = load_space(SPACE)
+    params = check_population(space, scheduler="pb2", population=2, interval=2, perturb=("optim.lr",),
+                              multi_objective=False, checkpoint_every=1, epochs=8, sampler="tpe")
+    pbt = build_scheduler("pbt", params, metric="objective", mode="min", interval=2, seed=0)
+    pb2 = build_scheduler("pb2", params, metric="objective", mode="min", interval=2, seed=0)
+    assert isinstance(pbt, FinalEpochPBT) and isinstance(pb2, FinalEpochPB2)
+    for scheduler in (pbt, pb2):
+        assert scheduler._perturbation_interval == 2 and scheduler._synch
+        assert set(scheduler._hyperparam_mutations) == {"curriculum.end", "optim.lr"}
+
+
+def test_followed_schedule_columns_round_trip_to_a_replay_curriculum() -> None:
+    lineage = [{"epoch": 1.0, TRAIN_RATE: 0.5, retuned_key("optim.lr"): 1e-3},
+               {"epoch": 2.0, TRAIN_RATE: 0.5, retuned_key("optim.lr"): 1e-3},
+               {"epoch": 3.0, TRAIN_RATE: 0.6, retuned_key("optim.lr"): 8e-4}]
+    columns = schedule_columns(lineage, ("curriculum.end", "optim.lr"))
+    assert columns[schedule_key("rate", 3)] == 0.6 and schedule_key("curriculum.end", 1) not in columns
+    schedule = schedule_of({"trial_id": "t", "objective": 1.0, **columns})
+    assert schedule == {"rate": [0.5, 0.5, 0.6], "optim.lr": [1e-3, 1e-3, 8e-4]}
+    assert replay_overrides(schedule["rate"]) == {
+        "curriculum.kind": "replay", "curriculum.replay_epochs": [0, 2], "curriculum.replay_rates": [0.5, 0.6]}
+    assert winner_overrides(schedule)["optim.lr"] == 8e-4
+
+
+# -- bad inputs -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("args", "flag"), [
+    (["--scheduler", "pbt", "--multi-objective"], "--multi-objective"),
+    (["--scheduler", "pb2", "--multi-objective"], "--multi-objective"),
+    (["--scheduler", "pbt", "--population", "1"], "--population"),
+    (["--scheduler", "pbt", "--num-samples", "1"], "--population"),
+    (["--population", "4"], "--population"),
+    (["--perturbation-interval", "2"], "--perturbation-interval"),
+    (["--perturb", "optim.lr"], "--perturb"),
+    (["--scheduler", "pbt", "--perturbation-interval", "0"], "--perturbation-interval"),
+    (["--scheduler", "pbt", "--perturbation-interval", "8"], "--perturbation-interval"),
+    (["--scheduler", "pbt", "--perturb", "model.hidden"], "--perturb"),
+    (["--scheduler", "pbt", "--grace-period", "2"], "--grace-period"),
+    (["--scheduler", "pbt", "--set", "train.patience=2"], "train.patience"),
+])
+def test_bad_population_input_is_one_line_and_exit_2(args: list[str], flag: str, tmp_path: Path, capsys) -> None:
+    assert main([*args, "--storage", str(tmp_path), "--name", "bad"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("fsrf tune: error: ") and flag in err[0], err
+    assert not (tmp_path / "bad").exists()  # refused before any Ray work
+
+
+# -- a real search ------------------------------------------------------------------------------------
+TINY_SEARCH = ["--set", "data.synthetic_train=160", "--set", "data.synthetic_valid=64", "--set",
+               "data.synthetic_test=64", "--set", "model.hidden=32", "--set", "model.heads=2",
+               "--set", "missing.valid_rates=[0.0,0.5]"]
+
+
+@pytest.mark.slow
+def test_a_pbt_search_records_followed_schedules_and_best_yaml_replays_the_winners(tmp_path: Path) -> None:
+    """Population 2, 4 epochs, perturbed every 2: synchronous PBT exploits once (the worse of the
+    two at epoch 2), so one trial's followed schedule starts with the other's epochs."""
+    import yaml
+
+    from tuning._pbt import followed_schedules
+    from tuning.store import read_results
+
+    ray_tmp = tempfile.mkdtemp(prefix="fp", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    try:
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", "--scheduler", "pbt", "--population", "2",
+             "--perturbation-interval", "2", "--perturb", "optim.lr", "--max-epochs", "4", "--seed", "1",
+             "--storage", str(tmp_path), "--name", "pbt", *TINY_SEARCH],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False,
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    exp = tmp_path / "pbt"
+    schedules = followed_schedules(exp / "store")
+    assert len(schedules) == 2
+    for schedule in schedules.values():
+        assert len(schedule["rate"]) == 4 and len(schedule["optim.lr"]) == 4
+    assert "[Exploit]" in run.stdout + run.stderr
+    # the exploited trial inherited the other's first two epochs, then trained perturbed values
+    results = read_results(exp / "store").to_pandas()
+    own = {t: results[results.trial_id == t].sort_values("iteration")[TRAIN_RATE].tolist() for t in schedules}
+    inherited = [t for t, s in schedules.items() if s["rate"][:2] != own[t][:2]]
+    assert len(inherited) == 1, (schedules, own)
+    (loser,) = inherited
+    (winner,) = set(schedules) - {loser}
+    assert schedules[loser]["rate"][:2] == schedules[winner]["rate"][:2]
+    assert schedules[loser]["rate"][2:] == own[loser][2:]
+
+    best = load_config(exp / "best.yaml")  # fsrf train --config reads it exactly so
+    assert best.curriculum.kind == "replay"
+    best_trial = yaml.safe_load((exp / "best.yaml").read_text())["provenance"]["trial_id"]
+    curriculum = best.curriculum.build()
+    assert [curriculum.rate(e) for e in range(4)] == schedules[best_trial]["rate"]
+    assert best.optim.lr == schedules[best_trial]["optim.lr"][-1]
+    assert best.train.epochs == 4
+
+    from analysis._report import write_report
+
+    index = write_report(exp, tmp_path / "report")  # the report draws the learned schedules
+    assert (tmp_path / "report" / "1-pbt-schedules.png").stat().st_size > 0
+    assert "1-pbt-schedules.png" in index.read_text()
