@@ -3,7 +3,8 @@
 Verbosity (``tune.py -q`` / default / ``-v``): 0 prints the start summary and the final
 leaderboard only; 1 (default) adds Tune's status table every 15 s (best and last objective per
 trial); 2 adds Tune's per-result lines and Ray's own log lines. Below 2, Ray's INFO lines (cluster
-start, "Checkpoint successfully created", result-file writes), its experiment-snapshot warnings,
+start, "Checkpoint successfully created", result-file writes; a population's "[Exploit]" lines are
+kept at verbosity 1), its experiment-snapshot warnings,
 its token-authentication notice (token authentication stays on) and Optuna's study-creation line
 are left out.
 """
@@ -32,6 +33,9 @@ def quiet_internals(verbosity: int) -> None:
     if verbosity >= 2:
         return
     import optuna
+
+    if verbosity >= 1:  # a population's exploits ("[Exploit] Cloning trial ...") are the search's own news
+        logging.getLogger("ray.tune.schedulers.pbt").setLevel(logging.INFO)
 
     # Tune's "snapshotting triggered multiple times" warning: 0 switches it off (Ray's own advice)
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
