@@ -10,7 +10,6 @@ and ``fsrf final --config`` take the file as is (its ``provenance`` key is ignor
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,11 @@ import pyarrow.compute as pc
 
 from analysis._leaderboard import leaderboard, metric_mode
 from analysis._load import Experiment
-from fsrf import Config, save_config, with_overrides
+from fsrf import Config
 from fsrf._constants import OBJECTIVE
 from fsrf._errors import FSRFError
-from fsrf._yaml import parse_overrides
-from tuning._pbt import RATE, is_population, population_overrides, schedule_of, winner_overrides
-from tuning._summary import trial_config
+from tuning._summary import run_overrides, write_trial_config  # noqa: F401 - run_overrides: re-exported by analysis
+from tuning._summary import trial_training_config as build_trial_config
 from tuning.space import SearchSpace, load_space
 
 
@@ -40,19 +38,6 @@ def search_space(exp: Experiment, space: str | os.PathLike[str] | None = None) -
         why = f"its space file {named} is missing" if named else "it records no space (no fsrf_search.json)"
         raise FSRFError(f"experiment {exp.name!r} ({exp.path}): {why}; pass --space FILE")
     return load_space(exp.space)
-
-
-def run_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The dotted config values every trial of the search got on top of the space (see ``run_search``)."""
-    overrides: dict[str, Any] = {"train.checkpoint_every": options.get("checkpoint_every", 1),
-                                 **parse_overrides(list(options.get("overrides") or ()))}
-    if options.get("max_epochs"):
-        overrides["train.epochs"] = options["max_epochs"]
-    if options.get("data"):
-        overrides["data.path"] = str(options["data"])
-    if is_population(options.get("scheduler")):
-        overrides.update(population_overrides())
-    return overrides
 
 
 def pick_trial(exp: Experiment, *, rank: int = 1, metric: str = OBJECTIVE, mode: str | None = None,
@@ -73,18 +58,11 @@ def pick_trial(exp: Experiment, *, rank: int = 1, metric: str = OBJECTIVE, mode:
 
 
 def trial_training_config(exp: Experiment, trial_id: str, *, space: SearchSpace) -> Config:
-    """The complete training config the trial ran with (minus its device and thread count).
-
-    A trial of a population-based search (pbt, pb2) gets the schedule it followed: its rates per
-    epoch as a ``replay`` curriculum, each other perturbed field at its last value.
-    """
+    """The complete training config the trial ran with (see :func:`tuning._summary.trial_training_config`)."""
     rows = exp.trials.filter(pc.equal(exp.trials["trial_id"], trial_id)).to_pylist()
     if not rows:
         raise FSRFError(f"experiment {exp.name!r}: no trial {trial_id!r}")
-    config = space.to_config(trial_config(rows[0]))
-    schedule = schedule_of(rows[0])
-    followed = winner_overrides(schedule) if RATE in schedule else {}
-    return with_overrides(config, {**run_overrides(exp.options), **followed}, source=f"{exp.name}: search options")
+    return build_trial_config(rows[0], space=space, options=exp.options, source=f"{exp.name}: search options")
 
 
 def export_config(
@@ -116,6 +94,4 @@ def export_config(
         "store": exp.path,
         "space": str(searched.source),
     }
-    out = Path(out)
-    save_config(config, out, provenance=provenance)
-    return out
+    return write_trial_config(config, Path(out), provenance=provenance)

@@ -26,6 +26,7 @@ from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, direction
 from fsrf._errors import FSRFError
 from tuning._space_params import SWITCH_SUFFIX
 from tuning._store_write import CONFIG_PREFIX
+from tuning._summary import rank_order
 from tuning.store import STATUS
 
 STATUSES = ("COMPLETE", "PRUNED", "ERROR", "RUNNING")
@@ -155,14 +156,8 @@ def leaderboard(
     trials = exp.trials.select(columns).to_pylist()
     if wanted is not None:
         trials = [t for t in trials if t["status"] in wanted]
-    sign = 1.0 if mode == "min" else -1.0
-
-    def key(trial: dict[str, Any]) -> tuple[bool, float, str]:
-        value = values.get(trial["trial_id"])
-        return (value is None, 0.0 if value is None else sign * value, trial["trial_id"])
-
     rows = []
-    for rank, trial in enumerate(sorted(trials, key=key)[:top], 1):
+    for rank, trial in enumerate(rank_order(trials, values, mode=mode)[:top], 1):
         row: dict[str, Any] = {
             "rank": rank, "trial_id": trial["trial_id"], "status": trial["status"],
             "epochs": trial["iterations"] or 0, "value": values.get(trial["trial_id"]),

@@ -25,7 +25,7 @@ from fsrf._provenance import provenance
 from fsrf._run_data import load_dataset
 from fsrf._yaml import atomic_write_text
 from tuning._console import quiet_internals, ray_log_level, start_summary
-from tuning._pbt import check_population, is_population, population_overrides
+from tuning._pbt import check_population, is_population
 from tuning._remote import download, is_uri, mirror, resolve, staging_dir
 from tuning._store_write import STORE_DIR
 from tuning.space import SearchSpace, load_space
@@ -451,8 +451,8 @@ def run_search(options: SearchOptions) -> Path:
             cannot be written or read.
     """
     from fsrf import with_overrides
-    from fsrf._yaml import parse_overrides
     from tuning._store_repair import preflight
+    from tuning._summary import run_overrides
     from tuning.store import clear_write_fault
 
     _fetch_remote_state(options)
@@ -467,11 +467,8 @@ def run_search(options: SearchOptions) -> Path:
     clear_write_fault(exp / STORE_DIR)
     for stale in exp.glob(f"*/{WORK_DIR}"):  # scratch of trials a killed driver left (no trial runs now)
         shutil.rmtree(stale, ignore_errors=True)
-    overrides = {"train.checkpoint_every": options.checkpoint_every, **parse_overrides(options.overrides)}
-    if options.max_epochs:
-        overrides["train.epochs"] = options.max_epochs
-    if is_population(options.scheduler):
-        overrides.update(population_overrides())
+    # the trials' run-level values (--data goes in with the dataset loaded below, and into best.yaml)
+    overrides = {k: v for k, v in run_overrides(asdict(options)).items() if k != "data.path"}
     run_base = with_overrides(space.base, overrides, source="--set")  # a bad --set fails before any Ray work
     perturbed = _check_population(options, space, run_base)
     dataset = load_dataset(run_base.data, path=options.data)
@@ -522,9 +519,8 @@ def run_search(options: SearchOptions) -> Path:
         print(f"fsrf tune: warning: the experiment holds {sum(counts.values())} of {options.num_samples} "
               "trials: Tune drew no more after the resume (trials a killed driver had started but not "
               "saved are marked discarded; their rows stay in the store's events)")
-    # best.yaml holds everything `fsrf train --config best.yaml` needs, the data file too (as `fsrf export` writes it)
-    data = {"data.path": str(options.data)} if options.data else {}
-    best = write_best(exp / STORE_DIR, space, overrides={**overrides, **data}, path=exp / BEST_FILE,
+    # best.yaml holds everything `fsrf train --config best.yaml` needs, the data file too (fsrf export's builder)
+    best = write_best(exp / STORE_DIR, space, options=asdict(options), path=exp / BEST_FILE,
                       experiment=options.name, population=bool(perturbed))
     if uri is not None:
         mirror(exp, uri)

@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fsrf import OBJECTIVE, save_config, with_overrides
+from fsrf import OBJECTIVE, Config, save_config, with_overrides
+from fsrf._yaml import parse_overrides
 from tuning._store_write import CONFIG_PREFIX
 from tuning.space import SearchSpace
 from tuning.store import read_results, read_trials
 
 
+def rank_order(trials: list[dict[str, Any]], values: Mapping[str, float | None], *, mode: str) -> list[dict[str, Any]]:
+    """Trials best first by ``values[trial_id]`` (``mode`` min or max); trials without a value last;
+    ties and valueless trials by trial id. The one ranking: ``tune.py``'s summary and ``best.yaml``,
+    ``fsrf analyze``'s leaderboard and ``fsrf export --rank`` all order trials with it."""
+    sign = 1.0 if mode == "min" else -1.0
+
+    def key(trial: dict[str, Any]) -> tuple[bool, float, str]:
+        value = values.get(trial["trial_id"])
+        return (value is None, 0.0 if value is None else sign * value, trial["trial_id"])
+
+    return sorted(trials, key=key)
+
+
 def ranked_trials(store: Path, *, mode: str) -> list[dict[str, Any]]:
-    """Trials with their best objective over their epochs, best first; errored trials last."""
+    """Trials with their best objective over their epochs (``best_objective``), in :func:`rank_order`."""
     trials = read_trials(store).to_pylist()
     results = read_results(store).select(["trial_id", OBJECTIVE]).to_pylist()
     best: dict[str, float] = {}
@@ -24,13 +39,7 @@ def ranked_trials(store: Path, *, mode: str) -> list[dict[str, Any]]:
             best[row["trial_id"]] = pick(best.get(row["trial_id"], value), value)
     for trial in trials:
         trial["best_objective"] = best.get(trial["trial_id"])
-    sign = 1.0 if mode == "min" else -1.0
-
-    def key(trial: dict[str, Any]) -> tuple[int, float]:
-        value = trial["best_objective"]
-        return (trial["status"] == "ERROR" or value is None, sign * value if value is not None else 0.0)
-
-    return sorted(trials, key=key)
+    return rank_order(trials, best, mode=mode)
 
 
 def trial_config(trial: dict[str, Any]) -> dict[str, Any]:
@@ -38,6 +47,46 @@ def trial_config(trial: dict[str, Any]) -> dict[str, Any]:
     return {
         k[len(CONFIG_PREFIX):]: v for k, v in trial.items() if k.startswith(CONFIG_PREFIX) and v is not None
     }
+
+
+def run_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted config values every trial of a search got on top of its space, from the search's
+    options (``SearchOptions`` as a dict, as ``fsrf_search.json`` stores them): ``--checkpoint-every``,
+    ``--set`` values, ``--max-epochs``, ``--data`` and a population search's fixed curriculum.
+    The one builder: the trials, ``best.yaml`` and ``fsrf export`` all use it."""
+    from tuning._pbt import is_population, population_overrides
+
+    overrides: dict[str, Any] = {"train.checkpoint_every": options.get("checkpoint_every", 1),
+                                 **parse_overrides(list(options.get("overrides") or ()))}
+    if options.get("max_epochs"):
+        overrides["train.epochs"] = options["max_epochs"]
+    if options.get("data"):
+        overrides["data.path"] = str(options["data"])
+    if is_population(options.get("scheduler")):
+        overrides.update(population_overrides())
+    return overrides
+
+
+def trial_training_config(trial: Mapping[str, Any], *, space: SearchSpace, options: Mapping[str, Any],
+                          source: str) -> Config:
+    """The complete training config a stored trial ran with (minus its device and thread count).
+
+    A trial of a population-based search (pbt, pb2) gets the schedule it followed: its rates per
+    epoch as a ``replay`` curriculum, each other perturbed field at its last value.
+    """
+    from tuning._pbt import RATE, schedule_of, winner_overrides
+
+    schedule = schedule_of(dict(trial))
+    followed = winner_overrides(schedule) if RATE in schedule else {}
+    return with_overrides(space.to_config(trial_config(dict(trial))), {**run_overrides(options), **followed},
+                          source=source)
+
+
+def write_trial_config(config: Config, path: Path, *, provenance: dict[str, Any]) -> Path:
+    """Write a chosen trial's training config with its provenance: the one writer of ``best.yaml``
+    (``tune.py``) and of ``fsrf export``'s files."""
+    save_config(config, path, provenance=provenance)
+    return path
 
 
 def print_summary(store: Path, space: SearchSpace, *, mode: str, top: int = 10) -> dict[str, int]:
@@ -87,7 +136,7 @@ def population_winner(store: Path, *, mode: str) -> dict[str, Any] | None:
 
 
 def write_best(
-    store: Path, space: SearchSpace, *, overrides: dict[str, Any], path: Path, experiment: str,
+    store: Path, space: SearchSpace, *, options: Mapping[str, Any], path: Path, experiment: str,
     population: bool = False,
 ) -> Path | None:
     """Write the best trial's full training config (``fsrf train --config`` takes it as is).
@@ -97,19 +146,17 @@ def write_best(
     rates per epoch as a ``replay`` curriculum, each other perturbed field at its last value.
     """
     if population:
-        from tuning._pbt import winner_overrides
-
         best = population_winner(store, mode=space.mode)
         if best is None:
             return None
-        value, extra = best[OBJECTIVE], winner_overrides(best["followed_schedule"])
+        value = best[OBJECTIVE]
     else:
         trials = [t for t in ranked_trials(store, mode=space.mode) if t["best_objective"] is not None]
         if not trials:
             return None
         best = trials[0]
-        value, extra = best["best_objective"], {}
-    config = with_overrides(space.to_config(trial_config(best)), {**overrides, **extra}, source=str(path))
+        value = best["best_objective"]
+    config = trial_training_config(best, space=space, options=options, source=str(path))
     provenance = {
         "experiment": experiment,
         "trial_id": best["trial_id"],
@@ -120,5 +167,4 @@ def write_best(
     if population:
         provenance["objective_of"] = "last epoch of the followed schedule"
         provenance["followed_schedule"] = best["followed_schedule"]
-    save_config(config, path, provenance=provenance)
-    return path
+    return write_trial_config(config, path, provenance=provenance)
