@@ -9,6 +9,8 @@ Example:
     >>> export_config(exp, rank=1, out="best.yaml")
 """
 
+from typing import Any
+
 from analysis._export import export_config, run_overrides, search_space
 from analysis._leaderboard import (
     differing_params,
@@ -22,11 +24,28 @@ from analysis._leaderboard import (
 from analysis._load import Experiment, load_experiment, load_experiments
 from analysis._optuna_bridge import open_storage, to_optuna
 
+_COMMANDS = {"final_main": "analysis._final", "compare_main": "analysis._compare"}
+"""The command lines behind ``fsrf final`` and ``fsrf compare``, loaded on first access."""
+
+
+def __getattr__(name: str) -> Any:
+    """``final_main`` / ``compare_main``: imported when ``fsrf final`` / ``fsrf compare`` runs."""
+    if name not in _COMMANDS:
+        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
+    import importlib
+
+    value = importlib.import_module(_COMMANDS[name]).main
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "Experiment",
+    "compare_main",
     "differing_params",
     "error_messages",
     "export_config",
+    "final_main",
     "leaderboard",
     "load_experiment",
     "load_experiments",

@@ -47,10 +47,19 @@ from typing import Any
 
 import yaml
 
-from fsrf import Config, FSRFError, config_to_dict, load_config, model_names, save_config, with_overrides
-from fsrf._constants import TEXT_PROTOCOLS
-from fsrf._run_data import load_dataset
-from fsrf._yaml import atomic_write_text, read_yaml
+from fsrf import (
+    Config,
+    FSRFError,
+    atomic_write_text,
+    config_to_dict,
+    load_config,
+    load_dataset,
+    model_names,
+    read_yaml,
+    save_config,
+    with_overrides,
+)
+from fsrf.constants import TEXT_PROTOCOLS
 from fsrf.evaluate import protocol_line
 
 SPEC_FILE = "compare.json"
@@ -177,7 +186,7 @@ def _claim(out: Path, spec: dict[str, Any]) -> None:
 
 def _search(options: CompareOptions, entry: str, base_file: Path, name: str) -> Config:
     """Run (or continue) the search of a ``--models`` entry; its best configuration."""
-    from tuning._run import BEST_FILE, SearchOptions, experiment_path, run_search
+    from tuning import BEST_FILE, SearchOptions, experiment_path, run_search
 
     model, overrides = _model_of(entry)
     raw = hold_fixed(read_yaml(space_file(model)), overrides)

@@ -17,11 +17,10 @@ import pyarrow.compute as pc
 
 from analysis._leaderboard import leaderboard, metric_mode
 from analysis._load import Experiment
-from fsrf import Config
-from fsrf._constants import OBJECTIVE
-from fsrf._errors import FSRFError
-from tuning._summary import run_overrides, write_trial_config  # noqa: F401 - run_overrides: re-exported by analysis
-from tuning._summary import trial_training_config as build_trial_config
+from fsrf import Config, FSRFError
+from fsrf.constants import OBJECTIVE
+from tuning import run_overrides, write_trial_config  # noqa: F401 - run_overrides: re-exported by analysis
+from tuning import trial_training_config as build_trial_config
 from tuning.space import SearchSpace, load_space
 
 

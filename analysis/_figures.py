@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fsrf._constants import EPOCH, EVAL_RATES, rate_key
-from fsrf._errors import FSRFError
-from fsrf._yaml import atomic_write
+from fsrf import FSRFError, atomic_write
+from fsrf.constants import EPOCH, EVAL_RATES, rate_key
 from tuning.store import CONFIG_PREFIX
 
 DPI = 120

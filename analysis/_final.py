@@ -28,11 +28,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fsrf import Config, FSRFError, load_checkpoint, load_config, load_weights, train, with_overrides
-from fsrf._constants import PATTERN_TABLE, RANDOM_TABLE
-from fsrf._device import resolve_device
-from fsrf._run_data import load_dataset
-from fsrf._yaml import atomic_write_text
+from fsrf import (
+    Config,
+    FSRFError,
+    atomic_write_text,
+    load_checkpoint,
+    load_config,
+    load_dataset,
+    load_weights,
+    resolve_device,
+    train,
+    with_overrides,
+)
+from fsrf.constants import PATTERN_TABLE, RANDOM_TABLE
 from fsrf.data import MultimodalDataset
 from fsrf.evaluate import RobustnessTable, modality_pattern_table, protocol_line, random_missing_table
 from fsrf.model import build_model
@@ -108,7 +116,7 @@ def _seed_task(config: Config, seed: int, out: str, data: dict[str, Any], gpus: 
     import ray
     import torch
 
-    from tuning._shared_data import from_arrays
+    from tuning import from_arrays
 
     if gpus > 0:
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
@@ -134,7 +142,7 @@ def run_seeds(config: Config, seeds: Sequence[int], out: Path, *, gpus_per_run: 
     """
     import ray
 
-    from tuning._shared_data import ALL_SPLITS, to_arrays
+    from tuning import ALL_SPLITS, to_arrays
 
     data = ray.put(to_arrays(load_dataset(config.data), splits=ALL_SPLITS))
     cpus = max(1, int(ray.available_resources().get("CPU", 1)) // len(seeds))

@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
 from tuning.store import CONFIG_PREFIX
 
 if TYPE_CHECKING:

@@ -22,11 +22,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from analysis._load import Experiment
-from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, direction
-from fsrf._errors import FSRFError
-from tuning._space_params import SWITCH_SUFFIX
-from tuning._store_write import CONFIG_PREFIX
-from tuning._summary import rank_order
+from fsrf import FSRFError
+from fsrf.constants import COMPLETE_OBJECTIVE, OBJECTIVE, direction
+from tuning import CONFIG_PREFIX, SWITCH_SUFFIX, rank_order
 from tuning.store import STATUS
 
 STATUSES = ("COMPLETE", "PRUNED", "ERROR", "RUNNING")

@@ -18,10 +18,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from fsrf._errors import FSRFError
-from tuning._remote import is_uri, resolve
-from tuning._store_write import BASE_COLUMNS
-from tuning.store import CONFIG_PREFIX, STORE_DIR, read_results, read_trials, store_root
+from fsrf import FSRFError
+from tuning import BASE_COLUMNS, is_uri, resolve_uri
+from tuning.store import CONFIG_PREFIX, read_results, read_trials, store_root
 
 STATE_FILE = "fsrf_search.json"
 """The search's state file in the experiment directory (see ``tuning/_run.py``)."""
@@ -77,7 +76,7 @@ class Experiment:
 def _read_state(path: str) -> tuple[dict[str, Any], str | None]:
     """The state file's content and the directory (or URI) of the experiment; ``{}`` if none."""
     if is_uri(path):
-        fs, base = resolve(path)
+        fs, base = resolve_uri(path)
         import pyarrow.fs as pafs
 
         uri = path.rstrip("/")

@@ -27,10 +27,9 @@ from optuna.trial import TrialState
 from analysis._export import search_space
 from analysis._leaderboard import metric_mode
 from analysis._load import Experiment
-from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE
-from fsrf._errors import FSRFError
-from tuning._space_params import OFF, Param
-from tuning._summary import trial_config
+from fsrf import FSRFError
+from fsrf.constants import COMPLETE_OBJECTIVE, OBJECTIVE
+from tuning import OFF, Param, trial_config
 from tuning.space import SearchSpace
 
 STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "ERROR": TrialState.FAIL,
@@ -63,7 +62,7 @@ def trial_params(
         if not param.active(decided):
             continue
         if param.has_switch:
-            off = SearchSpace._switch(param, given, where)
+            off = SearchSpace.switched_off(param, given, where)
             params[param.switch_name] = off
             dists[param.switch_name] = CategoricalDistribution([False, True])
             if off:

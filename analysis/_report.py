@@ -26,9 +26,8 @@ from analysis._leaderboard import (
     status_counts,
 )
 from analysis._load import Experiment, load_experiment
-from fsrf._constants import COMPLETE_OBJECTIVE, OBJECTIVE, TEXT_PROTOCOLS, direction, rate_key, robust_key
-from fsrf._errors import FSRFError
-from fsrf._yaml import atomic_write_text
+from fsrf import FSRFError, atomic_write_text
+from fsrf.constants import COMPLETE_OBJECTIVE, OBJECTIVE, TEXT_PROTOCOLS, direction, rate_key, robust_key
 from fsrf.evaluate import protocol_line
 from tuning.space import load_space
 from tuning.store import CONFIG_PREFIX
@@ -155,7 +154,7 @@ def _text_protocol(exp: Experiment) -> str:
 
 def _schedules(exp: Experiment) -> dict[str, dict[str, list[float]]]:
     """Each trial's followed schedule (a population-based search's), ``{}`` for other searches."""
-    from tuning._pbt import SCHEDULE_PREFIX, schedule_of
+    from tuning import SCHEDULE_PREFIX, schedule_of
 
     names = [c for c in exp.trials.column_names if c == "trial_id" or c.startswith(SCHEDULE_PREFIX)]
     if len(names) < 2:

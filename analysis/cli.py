@@ -12,14 +12,13 @@ and returns 2.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsrf._constants import OBJECTIVE
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
+from fsrf.constants import OBJECTIVE
 
 COMMANDS = ("analyze", "export")
 

@@ -281,19 +281,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return tune_main(argv[1:], prog="fsrf tune")
     if argv[:1] == ["final"]:  # final multi-seed training (analysis/_final.py; Ray only if used)
-        from analysis._final import main as final_main
+        from analysis import final_main
 
         return final_main(argv[1:])
     if argv[:1] == ["compare"]:  # equal-budget searches + final seeds per model (analysis/_compare.py)
-        from analysis._compare import main as compare_main
+        from analysis import compare_main
 
         return compare_main(argv[1:])
     if argv[:1] == ["store"]:  # check/repair of a trial store (tuning/_store_repair.py; no Ray)
-        from tuning._store_repair import main as store_main
+        from tuning import store_main
 
         return store_main(argv[1:])
     if argv[:1] == ["cluster"]:  # cluster YAML check (tuning/_cluster.py; Ray's schema, no cluster started)
-        from tuning._cluster import main as cluster_main
+        from tuning import cluster_main
 
         return cluster_main(argv[1:])
     if argv[:1] in (["analyze"], ["export"]):  # the trial store's readers (analysis/cli.py)

@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
 
 PINNED = ('"ray[tune]==2.60.0"', '"optuna==5.0.0"', '"pyarrow==26.0.1"')
 """The versions every node installs (the ones the search's code is written against)."""

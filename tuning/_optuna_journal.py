@@ -27,7 +27,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fsrf._constants import BEST_OBJECTIVE, COMPLETE_OBJECTIVE, FINAL_EPOCH, OBJECTIVE
+from fsrf.constants import BEST_OBJECTIVE, COMPLETE_OBJECTIVE, FINAL_EPOCH, OBJECTIVE
 from tuning.space import SearchSpace
 
 JOURNAL_FILE = "optuna.journal"

@@ -26,8 +26,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fsrf._constants import EPOCH, TRAIN_RATE, retuned_key
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
+from fsrf.constants import EPOCH, TRAIN_RATE, retuned_key
 from tuning._space_params import Param
 from tuning.space import SearchSpace
 

@@ -17,7 +17,7 @@ from typing import Any
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
-from fsrf._constants import FINAL_EPOCH
+from fsrf.constants import FINAL_EPOCH
 
 
 class _LastEpochAlone:

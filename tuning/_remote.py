@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
 from tuning._store_write import STORE_DIR
 
 MIRROR_PERIOD_S = 30.0

@@ -18,12 +18,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from fsrf import OBJECTIVE, with_overrides
-from fsrf._constants import BEST_OBJECTIVE, COMPLETE_OBJECTIVE
-from fsrf._errors import FSRFError
-from fsrf._provenance import provenance
-from fsrf._run_data import load_dataset
-from fsrf._yaml import atomic_write_text
+from fsrf import OBJECTIVE, FSRFError, atomic_write_text, load_dataset, provenance, with_overrides
+from fsrf.constants import BEST_OBJECTIVE, COMPLETE_OBJECTIVE
 from tuning._console import quiet_internals, ray_log_level, start_summary
 from tuning._pbt import check_population, is_population
 from tuning._remote import download, is_uri, mirror, resolve, staging_dir

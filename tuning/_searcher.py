@@ -20,7 +20,7 @@ from typing import Any
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from fsrf._constants import FINAL_EPOCH
+from fsrf.constants import FINAL_EPOCH
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
 from tuning._store_write import (
     BASE_COLUMNS,
     CONFIG_PREFIX,

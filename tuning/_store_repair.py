@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from fsrf._constants import FINAL_EPOCH
-from fsrf._errors import FSRFError
+from fsrf import FSRFError
+from fsrf.constants import FINAL_EPOCH
 from tuning._store_read import (
     STATUS,
     STORE_DIR,

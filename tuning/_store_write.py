@@ -19,8 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fsrf._errors import FSRFError
-from fsrf._provenance import git_commit
+from fsrf import FSRFError, git_commit
 
 SCHEMA_VERSION = 1
 """Version of the row layout below; stored in every row and in every file's schema metadata."""

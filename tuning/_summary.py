@@ -7,8 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fsrf import OBJECTIVE, Config, save_config, with_overrides
-from fsrf._yaml import parse_overrides
+from fsrf import OBJECTIVE, Config, parse_overrides, save_config, with_overrides
 from tuning._store_write import CONFIG_PREFIX
 from tuning.space import SearchSpace
 from tuning.store import read_results, read_trials

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsrf import TensorBoardLog, write_hparams_config
-from fsrf._constants import EPOCH, FINAL_EPOCH, TENSORBOARD_DIR
+from fsrf.constants import EPOCH, FINAL_EPOCH, TENSORBOARD_DIR
 from tuning.space import SearchSpace
 
 # Ray's result keys that are not the trainer's epoch record (timings, ids, bookkeeping).

@@ -23,8 +23,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from fsrf._errors import FSRFError
-from fsrf._provenance import version_line
+from fsrf import FSRFError, version_line
 
 DEFAULT_SPACE = Path(__file__).resolve().parent / "spaces" / "default.yaml"
 SMOKE = {

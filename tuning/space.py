@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fsrf import Config, FSRFError, config_to_dict, flatten_config, load_config, with_overrides
-from fsrf._constants import DATASET_METRICS, direction
-from fsrf._yaml import read_yaml
+from fsrf import Config, FSRFError, flatten_config, load_config, read_yaml, with_overrides
+from fsrf.constants import DATASET_METRICS, direction
 from tuning._space_checks import check_feasible, check_readers
 from tuning._space_params import OFF, Param, parse_param
 
@@ -138,7 +137,7 @@ class SearchSpace:
                 if keys:
                     raise FSRFError(f"{where}: {keys[0]} is given but its `when` condition is unmet")
                 continue
-            off = self._switch(param, given, where)
+            off = self.switched_off(param, given, where)
             if off:
                 decided[param.name] = OFF
                 overrides[param.name] = param.off_value
@@ -149,7 +148,7 @@ class SearchSpace:
         return with_overrides(self.base, overrides, source=where)
 
     @staticmethod
-    def _switch(param: Param, given: Mapping[str, Any], where: str) -> bool:
+    def switched_off(param: Param, given: Mapping[str, Any], where: str) -> bool:
         """Whether ``param`` is off in ``given``."""
         if not param.has_switch:
             return False

@@ -59,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fsrf._constants import FINAL_EPOCH
+from fsrf.constants import FINAL_EPOCH
 from tuning import _store_read
 from tuning._remote import MIRROR_PERIOD_S, is_uri, mirror, store_copy
 from tuning._store_read import STATUS, read_attempts, store_root

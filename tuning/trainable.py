@@ -20,10 +20,17 @@ import ray
 import ray.tune
 import torch
 
-from fsrf import OBJECTIVE, FSRFError, NonFiniteLossError, load_checkpoint, train, with_overrides
-from fsrf._constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
-from fsrf._provenance import record_provenance
-from fsrf._yaml import atomic_write_text
+from fsrf import (
+    OBJECTIVE,
+    FSRFError,
+    NonFiniteLossError,
+    atomic_write_text,
+    load_checkpoint,
+    record_provenance,
+    train,
+    with_overrides,
+)
+from fsrf.constants import COMPLETE_OBJECTIVE, EPOCH, LAST_CHECKPOINT, VALID, rate_key
 from tuning._pbt import schedule_columns
 from tuning._run import WORK_DIR
 from tuning._shared_data import from_arrays
