@@ -74,11 +74,21 @@ def dump_config(config: Config, *, provenance: dict[str, Any] | None = None) -> 
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None], *, fsync: bool = True,
+                 sync_dir: bool = False) -> Path:
     """Call ``write`` on a temporary file beside ``path``, fsync it, and rename it into place.
 
     Readers see the old file or the complete new one, never a torn one; a failed write
-    leaves no temporary file behind.
+    leaves no temporary file behind (the temporary's name starts with a dot and ends in
+    ``.tmp``, so directory readers that skip dot-files never see it). The project's one
+    atomic write: configs, results, figures, datasets and the trial store's Parquet parts.
+
+    Args:
+        path: the destination.
+        write: writes the content to the binary handle it is given.
+        fsync: fsync the file before the rename (off only where speed matters more, in tests).
+        sync_dir: also fsync the directory after the rename, so the rename itself survives a
+            power loss (the trial store's parts).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,12 +97,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0o600; results and configs are for every reader
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if sync_dir and fsync:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
     return path
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fsrf import FSRFError, git_commit
+from fsrf import FSRFError, atomic_write, git_commit
 
 SCHEMA_VERSION = 1
 """Version of the row layout below; stored in every row and in every file's schema metadata."""
@@ -254,20 +254,9 @@ def quarantine(root: Path, file: Path) -> Path:
 
 
 def publish_part(table: pa.Table, part: Path, *, fsync: bool = True) -> None:
-    """Write a Parquet part atomically: temp file, fsync, ``os.replace``, fsync the directory."""
-    tmp = part.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex}{PART_SUFFIX}")
-    try:
-        with open(tmp, "xb") as f:
-            pq.write_table(table.combine_chunks(), f, compression="zstd")
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, part)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_dir(part.parent)
+    """Write a Parquet part atomically (:func:`fsrf.atomic_write`: temp file, fsync, rename, fsync the directory)."""
+    atomic_write(part, lambda f: pq.write_table(table.combine_chunks(), f, compression="zstd"), fsync=fsync,
+                 sync_dir=True)
 
 
 def compact_segment(root: Path, wal: Path, *, fsync: bool = True) -> Path | None:

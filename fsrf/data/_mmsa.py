@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -116,19 +114,9 @@ def save_mmsa(path: str | os.PathLike[str], data: dict[str, Any]) -> None:
         path: the destination ``.pkl``; its directory is created if needed.
         data: ``{"train": {...}, "valid": {...}, "test": {...}}`` in MMSA layout.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            pickle.dump(data, file, protocol=4)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp, 0o644)  # mkstemp makes 0o600; a dataset file is for every reader
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from fsrf._yaml import atomic_write  # here: fsrf._yaml imports the config, which imports fsrf.data
+
+    atomic_write(path, lambda file: pickle.dump(data, file, protocol=4))
 
 
 @dataclass(frozen=True)
