@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from fsrf import load_config
 from tuning._searcher import PruneAwareOptunaSearch
-from tuning.store import read_results, read_trials
+from tuning.store import read_base_config, read_results, read_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,6 +144,10 @@ def test_smoke_test_finishes_and_writes_store_best_config_and_tensorboard(tmp_pa
     pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
     assert len(pairs) == len(set(pairs)) > 0
     assert "valid/robust/MAE" in results.column_names and "train/loss/distill" in results.column_names
+    base = read_base_config(exp)  # the base and fixed configuration, kept in the store's metadata
+    assert base["base_config"]["model.name"] == "fsrf" and base["run_overrides"]["train.epochs"] == 2
+    assert base["run_overrides"]["model.hidden"] == 32  # --smoke-test shrinks the model on top of the base
+    assert base["space"].endswith("default.yaml") and isinstance(base["fixed"], dict)
     config = load_config(exp / "best.yaml")  # a full training config, as `fsrf train --config` takes it
     assert config.train.epochs == 2 and config.model.hidden == 32
     _check_tensorboard(exp, trials)

@@ -307,6 +307,15 @@ def _population_search(options: SearchOptions, space: SearchSpace, perturbed: tu
             "num_samples": size, "param_space": dict.fromkeys(population[0])}
 
 
+def _store_base(options: SearchOptions, space: SearchSpace) -> dict[str, Any]:
+    """What the store keeps of the search's configuration besides each trial's sampled values."""
+    from fsrf import flatten_config
+    from tuning._summary import run_overrides
+
+    return {"base_config": flatten_config(space.base), "fixed": dict(space.fixed),
+            "run_overrides": run_overrides(asdict(options)), "space": space.source}
+
+
 def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainable: Any,
                  perturbed: tuple[Any, ...] = ()) -> Any:
     from ray import tune
@@ -373,7 +382,7 @@ def _build_tuner(options: SearchOptions, space: SearchSpace, exp: Path, trainabl
             checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
             callbacks=[
                 LostCheckpointGuard(),
-                ArrowStoreCallback(exp / STORE_DIR, experiment=options.name,
+                ArrowStoreCallback(exp / STORE_DIR, experiment=options.name, base=_store_base(options, space),
                                    mirror_to=f"{experiment_uri(options)}/{STORE_DIR}"
                                    if is_uri(options.storage) else None),
                 TensorBoardCallback(tensorboard_root(exp), params=hparams_domains(space)),

@@ -9,9 +9,11 @@ more than CPU on a small virtual machine.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,6 +23,7 @@ from fsrf import FSRFError
 from tuning._store_write import (
     BASE_COLUMNS,
     CONFIG_PREFIX,
+    META_PREFIX,
     PART_SUFFIX,
     PARTS_DIR,
     RESULT,
@@ -326,6 +329,29 @@ def read_trials(path: str | os.PathLike[str], *, skip: Collection[Path] = ()) ->
                 table[name] = column if pa.types.is_null(typ) else pc.if_else(valid, column, null)
         result = pa.table(table)
         return result.filter(pc.not_equal(result["status"], STATUS["discarded"]))
+
+
+def read_base_config(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The search's base configuration the store keeps (its base config with ``fixed`` applied,
+    the ``fixed`` values and the run-level overrides; the newest session's), or None for a store
+    written without it.
+
+    Args:
+        path: The store directory, or an experiment directory holding ``store/``.
+    """
+    root = store_root(path)
+    key = f"{META_PREFIX}base_config".encode()
+    files = sorted(p for p in (root / PARTS_DIR).glob(f"*{PART_SUFFIX}") if visible(p, PART_SUFFIX))
+    files += sorted(p for p in (root / WAL_DIR).glob(f"*{WAL_SUFFIX}") if visible(p, WAL_SUFFIX))
+    found = None
+    for file in files:  # names sort by session start: the newest session's wins
+        try:
+            meta = (pq.read_schema(file) if file.suffix == PART_SUFFIX else read_segment(file).schema).metadata
+        except (OSError, pa.ArrowException):  # a damaged file is check/repair's business, not this reader's
+            meta = None
+        if meta and key in meta:
+            found = json.loads(meta[key])
+    return found
 
 
 def read_attempts(path: str | os.PathLike[str]) -> dict[str, int]:

@@ -156,8 +156,10 @@ def is_metric(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def schema_metadata(*, experiment: str, session: str) -> dict[bytes, bytes]:
-    """Schema metadata of every file a session writes: schema version, experiment, versions and git commit."""
+def schema_metadata(*, experiment: str, session: str, base: Mapping[str, Any] | None = None) -> dict[bytes, bytes]:
+    """Schema metadata of every file a session writes: schema version, experiment, versions, git
+    commit and, when given, the search's base configuration (``base``: JSON, see
+    :func:`tuning.store.read_base_config`)."""
     versions = {"python": sys.version.split()[0]}
     for name in _VERSIONED:
         try:
@@ -171,6 +173,8 @@ def schema_metadata(*, experiment: str, session: str) -> dict[bytes, bytes]:
         "versions": json.dumps(versions, sort_keys=True),
         "git": json.dumps(git_commit()),  # null unless fsrf runs from a git checkout
     }
+    if base is not None:
+        meta["base_config"] = json.dumps(base, sort_keys=True, default=str)
     return {f"{META_PREFIX}{k}".encode(): v.encode() for k, v in meta.items()}
 
 
@@ -361,7 +365,7 @@ class TrialStoreWriter:
 
     def __init__(
         self, root: str | os.PathLike[str], *, experiment: str, flush_every: int = 1, fsync: bool = True,
-        segment_bytes: int = SEGMENT_BYTES,
+        segment_bytes: int = SEGMENT_BYTES, base: Mapping[str, Any] | None = None,
     ) -> None:
         """Open (creating) the store at ``root`` and compact what crashed sessions left.
 
@@ -372,6 +376,8 @@ class TrialStoreWriter:
             fsync: fsync every flushed batch; False trades crash durability for speed.
             segment_bytes: Roll to a new segment, and compact the closed ones, once the
                 open segment holds this many bytes.
+            base: the search's base configuration (its base config with ``fixed`` applied, the
+                ``fixed`` values, the run-level overrides), kept in every file's schema metadata.
 
         Raises:
             StoreWriteError: the disk refused to compact a crashed session's segments.
@@ -393,7 +399,7 @@ class TrialStoreWriter:
         except OSError as exc:
             raise FSRFError(f"trial store {self.root}: cannot create wal/ and parts/ there, "
                             f"expected a writable directory ({exc.strerror})") from None
-        self._meta = schema_metadata(experiment=experiment, session=self.session)
+        self._meta = schema_metadata(experiment=experiment, session=self.session, base=base)
         self._types: dict[str, pa.DataType] = {f.name: f.type for f in BASE_FIELDS}
         self._dirty = True
         self._rows: list[dict[str, Any]] = []

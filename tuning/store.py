@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 from fsrf.constants import FINAL_EPOCH
 from tuning import _store_read
 from tuning._remote import MIRROR_PERIOD_S, is_uri, mirror, store_copy
-from tuning._store_read import STATUS, read_attempts, store_root
+from tuning._store_read import STATUS, read_attempts, read_base_config, store_root
 from tuning._store_write import (
     BASE_COLUMNS,
     CONFIG_PREFIX,
@@ -98,6 +98,7 @@ __all__ = [
     "StoreWriteError",
     "TornSegmentWarning",
     "TrialStoreWriter",
+    "read_base_config",
     "read_events",
     "read_results",
     "read_trials",
@@ -169,6 +170,7 @@ class _StoreHooks:
         self, root: str | os.PathLike[str], *, experiment: str, flush_every: int = 1, fsync: bool = True,
         final_key: str | None = FINAL_EPOCH,
         mirror_to: str | None = None,
+        base: dict[str, Any] | None = None,
     ) -> None:
         """Configure; the writer opens in :meth:`setup`.
 
@@ -181,6 +183,8 @@ class _StoreHooks:
                 ends without it is ``pruned``. None: every ended trial is ``complete``.
             mirror_to: An object-store URI that receives a copy of ``root`` every
                 ``MIRROR_PERIOD_S`` seconds and at the end (see ``tuning._remote``).
+            base: The search's base configuration, kept in every file's schema metadata
+                (:func:`read_base_config` reads it back).
         """
         self.root = Path(root)
         self.experiment = experiment
@@ -188,6 +192,7 @@ class _StoreHooks:
         self.fsync = fsync
         self.final_key = final_key
         self.mirror_to = mirror_to
+        self.base = base
         self._mirrored = 0.0
         self._writer: TrialStoreWriter | None = None
         self._attempts: dict[str, int] = {}
@@ -222,7 +227,8 @@ class _StoreHooks:
     def _open(self) -> TrialStoreWriter:
         if self._writer is None or self._writer.closed:
             self._writer = TrialStoreWriter(
-                self.root, experiment=self.experiment, flush_every=self.flush_every, fsync=self.fsync
+                self.root, experiment=self.experiment, flush_every=self.flush_every, fsync=self.fsync,
+                base=getattr(self, "base", None),  # callbacks pickled before this attribute existed
             )
             self._attempts = read_attempts(self.root)
         return self._writer
