@@ -102,7 +102,7 @@ def synthetic_data(cfg: DataConfig) -> dict[str, dict[str, Any]]:
     }
     if cfg.synthetic_kind == "recovery":
         return make_recovery(**kwargs, latent=cfg.synthetic_latent, label=cfg.synthetic_label,
-                             label_noise=cfg.synthetic_label_noise)
+                             label_noise=cfg.synthetic_label_noise, cue_frames=cfg.synthetic_cue_frames)
     return make_synthetic(**kwargs)
 
 

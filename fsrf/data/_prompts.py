@@ -16,7 +16,8 @@ truncated or zero-padded to P = :data:`MAX_LEN`. The ids go to ``Split.extras["p
 
 :func:`synthetic_prompts` writes the matching CSV for the synthetic recovery data: its cue words
 carry the planted clean sentiment score (the label without its noise), with noise, which the
-features give only partly (see its docstring).
+features give only partly; with frame cues (``data.synthetic_cue_frames``) they say instead
+where in the clip the sentiment shows (early, middle, late), not what it is (see its docstring).
 """
 
 from __future__ import annotations
@@ -154,6 +155,12 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
     features render the shared factor through noisy nonlinear maps, so the cue tells more about
     the label than the features do: a teacher that reads it should beat a model without it.
 
+    Data with frame cues (``cue_window`` in the splits, ``make_recovery(cue_frames=True)``) get
+    instead a window phrase, "the feeling shows <early|middle|late> in the clip" (the
+    :data:`fsrf.data._recovery.WINDOWS` word of the third of the audio / vision frames that holds
+    the sentiment, exact; ``cue_noise`` is not read), in the visual or the language part at
+    random among filler words: the prompt says where to look, not the label.
+
     Returns:
         ``(video_id, clip_id, mode, prompt)`` rows for every split, in split order.
 
@@ -170,6 +177,8 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
         x = np.concatenate([np.asarray(split[k], dtype=np.float64) for k in keys], axis=1)
         return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
 
+    if "cue_window" in data["train"]:
+        return _window_prompts(data, rng)
     coef, *_ = np.linalg.lstsq(design(data["train"]), np.asarray(data["train"]["regression_labels"], np.float64),
                                rcond=None)
     rows = []
@@ -187,6 +196,29 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
                 visual += f", the face looks {CUES[cue[i]]}"
             else:
                 language += f", the words sound {CUES[cue[i]]}"
+            rows.append((video, clip, name, f"1. Visual cues: {visual}. 2. Language cues: {language}."))
+    return rows
+
+
+def _window_prompts(data: Mapping[str, Mapping[str, Any]], rng: np.random.Generator) -> list[tuple[str, str, str, str]]:
+    """The frame-cue prompts of :func:`synthetic_prompts` (where the sentiment shows)."""
+    from fsrf.data._recovery import WINDOWS
+
+    rows = []
+    for name in SPLITS:
+        split = data[name]
+        window = np.asarray(split["cue_window"])
+        side = rng.integers(0, 2, size=window.shape[0])
+        fill = rng.integers(0, len(_FILLER), size=(window.shape[0], 6))
+        for i, key in enumerate(split["id"]):
+            video, _, clip = str(key).rpartition(ID_SEPARATOR)
+            words = [_FILLER[j] for j in fill[i]]
+            visual, language = " ".join(words[:3]), " ".join(words[3:])
+            phrase = f", the feeling shows {WINDOWS[int(window[i])]} in the clip"
+            if side[i]:
+                visual += phrase
+            else:
+                language += phrase
             rows.append((video, clip, name, f"1. Visual cues: {visual}. 2. Language cues: {language}."))
     return rows
 
