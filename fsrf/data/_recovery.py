@@ -1,7 +1,7 @@
 """The recovery benchmark: synthetic data on which recovering missing semantics must pay off.
 
 Shape legend: N samples, T_m steps of modality m, D_m its feature dimension, K the
-latent size (``latent``). Every draw comes from one ``numpy.random.Generator``.
+latent size (``latent``). Every draw comes from one ``numpy.random.Generator`` (frame cues: a second).
 
 Generative structure, per sample:
 
@@ -37,9 +37,11 @@ only choose frames to attend to): audio and vision then span all T_m steps, spli
 uniformly and shared by audio and vision, renders ``phi_m(z, u_m)`` as above; each of the other
 two renders its own distractor latents ``phi_m(z', u')`` (z', u' ~ N(0, I_K), fresh per clip and
 third), with the same gain, nuisance and frame noise, so the thirds are statistically alike and
-only knowing where the window is tells which one carries the sentiment. Text is unchanged. The
-window's index goes to ``cue_window`` (N,) for :func:`fsrf.data._prompts.synthetic_prompts`.
-Off (the default), the generator's draws are exactly those without the option.
+only knowing where the window is tells which one carries the sentiment. The windows and
+distractors come from a second generator (seeded from ``seed``), so labels, text, factors,
+gains and noise are those of the same seed without frame cues. The window's index goes to
+``cue_window`` (N,) for :func:`fsrf.data._prompts.synthetic_prompts`. Off (the default),
+nothing changes.
 
 The planted factors are stored beside the MMSA keys of each split, for probes:
 ``factor_shared`` (N, K), ``factor_<m>`` (N, K) and ``factor_nuisance_<m>`` (N, 2).
@@ -71,6 +73,7 @@ _LABEL_BOUND = 3.0
 WINDOWS = ("early", "middle", "late")
 """The frame-cue windows of ``cue_frames``: the thirds of the audio / vision steps, in order."""
 _CUE_MODALITIES = ("audio", "vision")
+_CUE_STREAM = 0xC0E
 
 
 def make_recovery(
@@ -120,6 +123,8 @@ def make_recovery(
         raise FSRFError(f"make_recovery: cue_frames needs audio_len and vision_len >= {len(WINDOWS)} "
                         f"(one window per third), got {steps['audio']} and {steps['vision']}")
     rng = np.random.default_rng(seed)
+    # frame cues draw from their own stream: every other draw is the one without them
+    cue_rng = np.random.default_rng([seed, _CUE_STREAM]) if cue_frames else None
     readout = rng.standard_normal(latent)
     readout /= np.linalg.norm(readout)
     maps = {m: _render_map(rng, 2 * latent, dims[m]) for m in MODALITIES}
@@ -128,7 +133,7 @@ def make_recovery(
     for split in SPLITS:
         data[split] = _make_split(
             rng, maps, steps, readout, n=sizes[split], offset=offset, latent=latent,
-            label=label, label_noise=float(label_noise), cue_frames=bool(cue_frames),
+            label=label, label_noise=float(label_noise), cue_rng=cue_rng,
         )
         offset += sizes[split]
     return data
@@ -162,7 +167,7 @@ def _make_split(
     latent: int,
     label: str,
     label_noise: float,
-    cue_frames: bool = False,
+    cue_rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     z = rng.standard_normal((n, latent))
     specific = {m: rng.standard_normal((n, latent)) for m in MODALITIES}
@@ -170,7 +175,7 @@ def _make_split(
     score = (z if label == "shared" else specific["text"]) @ readout
     raw = _LABEL_SCALE * score + label_noise * rng.standard_normal(n)
     labels = (np.round(3.0 * np.clip(raw, -_LABEL_BOUND, _LABEL_BOUND)) / 3.0).astype(np.float32)
-    window = rng.integers(0, len(WINDOWS), size=n) if cue_frames else None
+    window = None if cue_rng is None else cue_rng.integers(0, len(WINDOWS), size=n)
 
     split: dict[str, Any] = {}
     lengths: dict[str, np.ndarray] = {}
@@ -183,7 +188,7 @@ def _make_split(
         gain = np.exp(_GAIN_SIGMA * rng.standard_normal((n, t)) - _GAIN_SIGMA**2 / 2).astype(np.float32)
         if window is not None and m in _CUE_MODALITIES:
             lengths[m][:] = t  # fixed windows: every step is valid
-            x += gain[:, :, None] * _windowed(rng, maps[m], signal, window, t, latent, _GAIN[m])
+            x += gain[:, :, None] * _windowed(cue_rng, maps[m], signal, window, t, latent, _GAIN[m])
         else:
             x += gain[:, :, None] * signal.astype(np.float32)[:, None, :]
         x += (nuisance[m] @ maps[m]["mix"]).astype(np.float32)[:, None, :]
