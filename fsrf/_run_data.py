@@ -54,6 +54,19 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
     return dataset
 
 
+def unread_prompts_dropped(cfg: DataConfig, model: Any) -> DataConfig:
+    """``cfg`` without ``data.prompts`` when ``model`` (in eval mode) reads no prompt: evaluating
+    or predicting with an mmslf student needs no prompt file (its teacher does)."""
+    if cfg.prompts is None:
+        return cfg
+    from fsrf.data._prompts import PROMPT
+
+    was_training = model.training
+    needed = PROMPT in model.eval().extras
+    model.train(was_training)
+    return cfg if needed else dataclasses.replace(cfg, prompts=None)
+
+
 def domain_dims(cfg: DataConfig, k: int) -> dict[str, int]:
     """Domain k's own feature dims (``data.domain_<m>_dims[k]``)."""
     return {m: getattr(cfg, f"domain_{m}_dims")[k] for m in MODALITIES}

@@ -294,13 +294,22 @@ class Net(nn.Module):
         return NetOutput(pred=pred, fusion=fused, attn=raws, used=useds)
 
 
+class _Extras:
+    """:attr:`MMSLF.extras`: the prompts on the class (what the model may read) and, on a model,
+    while it trains (the teacher reads them in every stage) or predicts as a teacher
+    (``model.stage: teacher``); none to evaluate or predict with the student, which reads none."""
+
+    def __get__(self, model: MMSLF | None, owner: type) -> tuple[str, ...]:
+        return (PROMPT,) if model is None or model.training or model.mode == "teacher" else ()
+
+
 @register_model
 class MMSLF(BaseModel):
     """MMSLF (see the module docstring)."""
 
     name = "mmslf"
     config_class = MMSLFConfig
-    extras = (PROMPT,)
+    extras = _Extras()
     extras_hint = HOW_TO
     paper = ("Zhang et al., Improving Task-Specific Multimodal Sentiment Analysis with General MLLMs via "
              "Prompting (MMSLF), NeurIPS 2025")
