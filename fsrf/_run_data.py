@@ -50,7 +50,8 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
     if cfg.prompts is not None:
         from fsrf.data._prompts import attach_prompts
 
-        dataset = attach_prompts(dataset, cfg.prompts)
+        dataset = attach_prompts(dataset, cfg.prompts,
+                                 text_model=cfg.text_model if cfg.text_input == "tokens" else None)
     return dataset
 
 

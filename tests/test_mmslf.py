@@ -227,3 +227,44 @@ def test_both_stages_through_the_cli(tmp_path, capsys) -> None:
     assert main(["evaluate", "--checkpoint", str(tmp_path / "t" / "best.pt"), "--out", str(tmp_path / "e-t")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "prompts.csv does not exist; per-clip prompts come from a CSV" in err
+
+
+def test_with_bert_tokens_the_teacher_reads_its_prompts_through_the_text_encoder(tmp_path) -> None:
+    """data.text_input: tokens: the prompts are tokenized by data.text_model's tokenizer (id + 1, 0 at
+    padding) and the teacher encodes them with the model's BERT (a tiny random one, saved locally)."""
+    from test_text_tokens import CLS, HIDDEN, SEP, UNK, _save_bert, _token_data
+
+    from fsrf.data import save_mmsa
+
+    bert = _save_bert(tmp_path / "bert")
+    data = _token_data()
+    save_mmsa(tmp_path / "tokens.pkl", data)
+    ids = [str(i) for s in ("train", "valid", "test") for i in data[s]["id"]]
+    csv_file = tmp_path / "prompts.csv"
+    csv_file.write_text("video_id,clip_id,prompt\n" + "".join(
+        f"{v},{c},word{k % 7} word{k % 5} unknownword\n" for k, (v, _, c) in enumerate(i.partition("$_$") for i in ids)))
+    config = config_from_dict({**TINY, "data": {**TINY["data"], "synthetic_train": 64, "synthetic_valid": 32,
+                                                "synthetic_test": 32, "path": str(tmp_path / "tokens.pkl"),
+                                                "text_input": "tokens", "text_model": str(bert), "text_dim": HIDDEN,
+                                                "prompts": str(csv_file)},
+                               "model": {"name": "mmslf", "hidden": 16, "prompt_len": 8}})
+    dataset = load_dataset(config.data)
+    prompt = dataset.train.extras["prompt"]  # token id + 1, 0 at padding
+    assert prompt.shape[1] == MAX_LEN and prompt[0, :5].tolist() == [CLS + 1, 5 + 1, 5 + 1, UNK + 1, SEP + 1]
+    assert prompt[1, :5].tolist() == [CLS + 1, 6 + 1, 6 + 1, UNK + 1, SEP + 1] and int(prompt[:, 5:].max()) == 0
+    with isolated_rng(0):
+        model = build_model(config).eval()
+    assert not hasattr(model.teacher, "prompt_embed") and model.teacher._bert[0] is model.text_encoder
+    _, b = next(dataset.train.batches(4))
+    x, valid = model.encode_inputs(b.features, b.valid), b.valid
+    with torch.no_grad():
+        t1 = model.teacher(x, valid, b.extras["prompt"])
+        t2 = model.teacher(x, valid, b.extras["prompt"].flip(0))
+    assert not torch.allclose(t1.pred, t2.pred) and not torch.allclose(t1.used["audio"], t2.used["audio"])
+    model.train()
+    n = b.labels.shape[0]
+    batch = TrainBatch(features=b.features, valid=b.valid, keep={m: torch.ones_like(v) for m, v in b.valid.items()},
+                       labels=b.labels, complete=b.features, views=1, extras={"prompt": b.extras["prompt"]})
+    step = model.training_step(batch)  # the teacher's stage: its prediction from the prompts through BERT
+    step.preds[0].sub(b.labels).abs().mean().backward()
+    assert step.preds[0].shape == (n,) and model.teacher.prompt_project.weight.grad.abs().sum() > 0

@@ -249,7 +249,8 @@ class NetOutput:
 class Net(nn.Module):
     """The teacher (``prompted``) or the student (see the module docstring)."""
 
-    def __init__(self, c: MMSLFConfig, config: Config, *, depth: int, fusion_depth: int, prompted: bool) -> None:
+    def __init__(self, c: MMSLFConfig, config: Config, *, depth: int, fusion_depth: int, prompted: bool,
+                 text_encoder: nn.Module | None = None) -> None:
         super().__init__()
         dims, lens = config.data.dims(), config.data.lengths()
         self.project = nn.ModuleDict({m: nn.Linear(dims[m], c.hidden) for m in MODALITIES})
@@ -260,8 +261,14 @@ class Net(nn.Module):
                                        heads=c.fusion_heads)
         self.head = nn.Linear(c.fusion_tokens * c.hidden, 1)
         self.drop = nn.Dropout(c.dropout)
-        if prompted:
+        # with data.text_input: tokens the prompt's token ids go through the model's BERT (held in a
+        # tuple: it is the model's text_encoder, not a second copy) and Linear(H_bert, H)
+        self._bert = () if text_encoder is None or not prompted else (text_encoder,)
+        if prompted and self._bert:
+            self.prompt_project = nn.Linear(text_encoder.hidden_size, c.hidden)
+        elif prompted:
             self.prompt_embed = nn.Embedding(c.prompt_buckets, c.hidden, padding_idx=0)
+        if prompted:
             self.prompt_len, self.prompt_buckets = c.prompt_len, c.prompt_buckets
             self.prompt = TokenTransformer(c, tokens=lens["text"], length=c.prompt_len,
                                            depth=c.prompt_depth, heads=c.heads)
@@ -277,8 +284,13 @@ class Net(nn.Module):
         if self.prompted:
             if prompt is None:
                 raise FSRFError(f"model 'mmslf': the teacher reads per-clip prompts (side input {PROMPT!r}); {HOW_TO}")
-            ids = fold(prompt, length=self.prompt_len, buckets=self.prompt_buckets)  # (B, P)
-            emb = self.prompt_embed(ids).to(h["text"].dtype)  # (B, P, H)
+            if self._bert:  # token id + 1, 0 at padding (fsrf.data._prompts.encode_prompt_tokens)
+                ids = prompt[:, : self.prompt_len]
+                tokens = torch.stack([(ids - 1).clamp_min(0), torch.zeros_like(ids)], dim=-1).float()  # (B, P, 2)
+                emb = self.prompt_project(self._bert[0](tokens, ids != 0)).to(h["text"].dtype)  # (B, P, H)
+            else:
+                ids = fold(prompt, length=self.prompt_len, buckets=self.prompt_buckets)  # (B, P)
+                emb = self.prompt_embed(ids).to(h["text"].dtype)  # (B, P, H)
             s_p = self.prompt(emb, ids != 0)  # (B, T_l, H)
         t_len = h["text"].shape[1]
         outs, raws, useds = [], {}, {}
@@ -329,7 +341,8 @@ class MMSLF(BaseModel):
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         c = config.model
-        self.teacher = Net(c, config, depth=c.teacher_depth, fusion_depth=c.teacher_fusion_depth, prompted=True)
+        self.teacher = Net(c, config, depth=c.teacher_depth, fusion_depth=c.teacher_fusion_depth, prompted=True,
+                           text_encoder=self._modules.get("text_encoder"))
         self.student = Net(c, config, depth=c.student_depth, fusion_depth=c.student_fusion_depth, prompted=False)
         self.register_buffer("stage", torch.tensor(_TEACHER, dtype=torch.long))
         self.teacher_epochs = min(config.train.epochs - 1, max(1, round(c.teacher_share * config.train.epochs)))
