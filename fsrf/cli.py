@@ -228,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the CSV to write (video_id,clip_id,mode,prompt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cue noise and filler words (default: 0)")
     p.add_argument("--cue-noise", type=float, default=0.3,
-                   help="std of the noise added to the clean score before binning it into a cue word (default: 0.3)")
+                   help="std of the noise added to the clean score before binning it into a cue word (default: 0.3); "
+                        "not read with data.synthetic_cue_frames, whose prompts name the window exactly")
     p.set_defaults(func=_prompts)
 
     p = sub.add_parser("evaluate", help="robustness tables of a checkpoint on the test split")
