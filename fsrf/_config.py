@@ -74,6 +74,7 @@ class DataConfig:
     synthetic_label: str = "shared"
     synthetic_label_noise: float = 0.6
     synthetic_latent: int = 4
+    synthetic_cue_frames: bool = False
     text_input: str = "features"
     text_model: str | None = None
     text_finetune: bool = False
@@ -107,6 +108,11 @@ class DataConfig:
         _check(self.synthetic_label_noise >= 0, "synthetic_label_noise",
                f"{self.synthetic_label_noise} must be >= 0")
         _check(self.synthetic_latent >= 1, "synthetic_latent", f"{self.synthetic_latent} must be >= 1")
+        if self.synthetic_cue_frames:
+            _check(self.synthetic_kind == "recovery", "synthetic_cue_frames",
+                   f"is read by the recovery generator only (synthetic_kind is {self.synthetic_kind!r})")
+            _check(min(self.audio_len, self.vision_len) >= 3, "synthetic_cue_frames",
+                   f"needs audio_len and vision_len >= 3 (one window per third; {self.audio_len}, {self.vision_len})")
         for m in MODALITIES:
             for kind in ("dim", "len"):
                 key = f"{m}_{kind}"

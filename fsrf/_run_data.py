@@ -50,8 +50,22 @@ def load_dataset(cfg: DataConfig, *, path: str | Path | None = None) -> Multimod
     if cfg.prompts is not None:
         from fsrf.data._prompts import attach_prompts
 
-        dataset = attach_prompts(dataset, cfg.prompts)
+        dataset = attach_prompts(dataset, cfg.prompts,
+                                 text_model=cfg.text_model if cfg.text_input == "tokens" else None)
     return dataset
+
+
+def unread_prompts_dropped(cfg: DataConfig, model: Any) -> DataConfig:
+    """``cfg`` without ``data.prompts`` when ``model`` (in eval mode) reads no prompt: evaluating
+    or predicting with an mmslf student needs no prompt file (its teacher does)."""
+    if cfg.prompts is None:
+        return cfg
+    from fsrf.data._prompts import PROMPT
+
+    was_training = model.training
+    needed = PROMPT in model.eval().extras
+    model.train(was_training)
+    return cfg if needed else dataclasses.replace(cfg, prompts=None)
 
 
 def domain_dims(cfg: DataConfig, k: int) -> dict[str, int]:
@@ -102,7 +116,7 @@ def synthetic_data(cfg: DataConfig) -> dict[str, dict[str, Any]]:
     }
     if cfg.synthetic_kind == "recovery":
         return make_recovery(**kwargs, latent=cfg.synthetic_latent, label=cfg.synthetic_label,
-                             label_noise=cfg.synthetic_label_noise)
+                             label_noise=cfg.synthetic_label_noise, cue_frames=cfg.synthetic_cue_frames)
     return make_synthetic(**kwargs)
 
 

@@ -77,7 +77,7 @@ def _restore(args: argparse.Namespace) -> tuple:
     from fsrf._checkpoint import checkpoint_config, load_checkpoint, load_weights
     from fsrf._config import with_overrides
     from fsrf._device import resolve_device
-    from fsrf._run_data import load_dataset
+    from fsrf._run_data import load_dataset, unread_prompts_dropped
     from fsrf.model import build_model
 
     state = load_checkpoint(args.checkpoint)
@@ -85,10 +85,10 @@ def _restore(args: argparse.Namespace) -> tuple:
     if args.data is not None:
         config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
     device = resolve_device(args.device)
-    dataset = load_dataset(config.data)
     model = build_model(config)
     load_weights(model, state, source=str(args.checkpoint))
     model.to(device)
+    dataset = load_dataset(unread_prompts_dropped(config.data, model))  # an mmslf student reads none
     return state, config, dataset, model, device
 
 
@@ -126,14 +126,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from fsrf._config import with_overrides
     from fsrf._inference import condition_name, default_out, load_model, predictions_csv
-    from fsrf._run_data import load_dataset
+    from fsrf._run_data import load_dataset, unread_prompts_dropped
     from fsrf._yaml import atomic_write_text
 
     loaded = load_model(args.checkpoint, device=args.device)
     config = loaded.config
     if args.data is not None:
         config = with_overrides(config, {"data.path": str(args.data)}, source="--data")
-    dataset = load_dataset(config.data)
+    dataset = load_dataset(unread_prompts_dropped(config.data, loaded.model))  # an mmslf student reads none
     modalities = None if args.modalities is None else tuple(m.strip() for m in args.modalities.split(",") if m.strip())
     names = ("train", "valid", "test") if args.split == "all" else (args.split,)
     rows = []
@@ -231,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="the CSV to write (video_id,clip_id,mode,prompt)")
     p.add_argument("--seed", type=int, default=0, help="seed of the cue noise and filler words (default: 0)")
     p.add_argument("--cue-noise", type=float, default=0.3,
-                   help="std of the noise added to the clean score before binning it into a cue word (default: 0.3)")
+                   help="std of the noise added to the clean score before binning it into a cue word (default: 0.3); "
+                        "not read with data.synthetic_cue_frames, whose prompts name the window exactly")
     p.set_defaults(func=_prompts)
 
     p = sub.add_parser("evaluate", help="robustness tables of a checkpoint on the test split")

@@ -3,19 +3,31 @@ teacher's distillation targets, and both stages through the CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from tests_support import TINY
 
-from fsrf import MODALITIES, FSRFError, config_from_dict, load_checkpoint
+from fsrf import MODALITIES, FSRFError, config_from_dict, load_checkpoint, load_dataset, load_model
 from fsrf._rng import isolated_rng
+from fsrf._run_data import synthetic_data
 from fsrf.cli import main
-from fsrf.data._prompts import HASH_SPACE, MAX_LEN, encode_prompt, fold, prompts_csv, read_prompts, synthetic_prompts
+from fsrf.data import make_recovery
+from fsrf.data._prompts import (
+    HASH_SPACE,
+    MAX_LEN,
+    encode_prompt,
+    fold,
+    prompts_csv,
+    read_prompts,
+    synthetic_prompts,
+)
+from fsrf.data._recovery import WINDOWS
 from fsrf.model import EpochInfo, TrainBatch, build_model
 from fsrf.model.zoo.mmslf import MMSLF
-from fsrf._run_data import synthetic_data
 
 SMALL = {**TINY["data"], "text_len": 8, "audio_len": 10, "vision_len": 10}
 PROMPT = {"prompt_len": 12, "prompt_buckets": 97}
@@ -97,9 +109,43 @@ def test_synthetic_cues_carry_the_clean_score() -> None:
         synthetic_prompts(synthetic_data(config_from_dict({"data": SMALL}).data))
 
 
+def test_frame_cues_put_the_sentiment_in_one_window_and_the_prompts_name_it() -> None:
+    """With synthetic_cue_frames, audio/vision's window third predicts the label far better than
+    the whole clip; the prompts name the window (not the label); off, nothing changes."""
+    kw = {"seed": 3, "n_train": 600, "n_valid": 20, "n_test": 300}
+    plain, cued = make_recovery(**kw), make_recovery(**kw, cue_frames=True)
+    assert "cue_window" not in plain["train"]
+    assert all(np.array_equal(plain[s][k], make_recovery(**kw, cue_frames=False)[s][k])
+               for s in ("train", "test") for k in ("audio", "vision", "text", "regression_labels"))
+    np.testing.assert_array_equal(cued["train"]["text"], plain["train"]["text"])  # text and labels untouched
+    np.testing.assert_array_equal(cued["train"]["regression_labels"], plain["train"]["regression_labels"])
+    window = cued["train"]["cue_window"]
+    assert set(np.unique(window)) == {0, 1, 2} and (cued["train"]["audio_lengths"] == 40).all()
+
+    def fit(pooled: str) -> float:  # test correlation of a linear read-out of audio+vision pooled frames
+        feats = {}
+        for s in ("train", "test"):
+            cols = []
+            for m in ("audio", "vision"):
+                x, t = cued[s][m], cued[s][m].shape[1]
+                third = np.minimum(np.arange(t) * 3 // t, 2)
+                sel = np.ones((len(x), t)) if pooled == "all" else (third[None] == cued[s]["cue_window"][:, None])
+                cols.append((x * sel[..., None]).sum(1) / sel.sum(1, keepdims=True))
+            feats[s] = np.concatenate([*cols, np.ones((len(x), 1))], axis=1)
+        coef, *_ = np.linalg.lstsq(feats["train"], cued["train"]["regression_labels"], rcond=None)
+        return float(np.corrcoef(feats["test"] @ coef, cued["test"]["regression_labels"])[0, 1])
+
+    assert fit("window") > fit("all") + 0.15
+    rows = synthetic_prompts(cued, seed=0)
+    assert all(f"the feeling shows {WINDOWS[w]} in the clip" in r[3] for r, w in zip(rows, window))
+    assert not any(c in r[3] for r in rows for c in (" furious", " delighted", " neutral"))
+    with pytest.raises(FSRFError, match="synthetic_cue_frames: is read by the recovery generator only"):
+        config_from_dict({"data": {"synthetic_cue_frames": True}})
+
+
 def test_the_teacher_reads_the_prompt_through_its_modulated_attention_and_the_student_does_not() -> None:
     model = _model().eval()
-    x, valid, prompt, _ = _batch(model_config := _config())
+    x, valid, prompt, _ = _batch(_config())
     other = torch.randint(1, HASH_SPACE, prompt.shape, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         t1, t2 = model.teacher(x, valid, prompt), model.teacher(x, valid, other)
@@ -150,7 +196,7 @@ def test_the_student_stage_freezes_the_teacher_and_distils_its_complete_input_ta
     assert any(not torch.equal(v, model.student.state_dict()[k]) for k, v in student0.items())
 
 
-def test_both_stages_through_the_cli(tmp_path) -> None:
+def test_both_stages_through_the_cli(tmp_path, capsys) -> None:
     base = ["--config", "configs/mmslf.yaml", *(f"--set=data.{k}={v}" for k, v in SMALL.items()),
             *(f"--set=model.{k}={v}" for k, v in PROMPT.items()),
             "--set=data.synthetic_train=160", "--set=missing.valid_rates=[0.0]", "--set=train.num_threads=1"]
@@ -169,3 +215,56 @@ def test_both_stages_through_the_cli(tmp_path) -> None:
     student = load_checkpoint(tmp_path / "s" / "best.pt")["model"]
     assert all(torch.equal(v, student[k]) for k, v in teacher.items() if k.startswith("teacher."))
     assert main(["evaluate", "--checkpoint", str(tmp_path / "s" / "best.pt"), "--out", str(tmp_path / "e")]) == 0
+    # the student reads no prompt: evaluating and predicting with it needs no prompt file, the teacher does
+    prompts.unlink()
+    for run in ("both", "s"):
+        best = str(tmp_path / run / "best.pt")
+        assert main(["evaluate", "--checkpoint", best, "--out", str(tmp_path / f"e-{run}")]) == 0
+        assert main(["predict", "--checkpoint", best, "--out", str(tmp_path / f"p-{run}.csv")]) == 0
+    loaded = load_model(tmp_path / "s" / "best.pt", device="cpu")
+    test = load_dataset(dataclasses.replace(loaded.config.data, prompts=None)).test
+    assert not test.extras and loaded.predict(test).shape == (len(test),)
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "t" / "best.pt"), "--out", str(tmp_path / "e-t")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "prompts.csv does not exist; per-clip prompts come from a CSV" in err
+
+
+def test_with_bert_tokens_the_teacher_reads_its_prompts_through_the_text_encoder(tmp_path) -> None:
+    """data.text_input: tokens: the prompts are tokenized by data.text_model's tokenizer (id + 1, 0 at
+    padding) and the teacher encodes them with the model's BERT (a tiny random one, saved locally)."""
+    from test_text_tokens import CLS, HIDDEN, SEP, UNK, _save_bert, _token_data
+
+    from fsrf.data import save_mmsa
+
+    bert = _save_bert(tmp_path / "bert")
+    data = _token_data()
+    save_mmsa(tmp_path / "tokens.pkl", data)
+    ids = [str(i) for s in ("train", "valid", "test") for i in data[s]["id"]]
+    csv_file = tmp_path / "prompts.csv"
+    csv_file.write_text("video_id,clip_id,prompt\n" + "".join(
+        f"{v},{c},word{k % 7} word{k % 5} unknownword\n" for k, (v, _, c) in enumerate(i.partition("$_$") for i in ids)))
+    config = config_from_dict({**TINY, "data": {**TINY["data"], "synthetic_train": 64, "synthetic_valid": 32,
+                                                "synthetic_test": 32, "path": str(tmp_path / "tokens.pkl"),
+                                                "text_input": "tokens", "text_model": str(bert), "text_dim": HIDDEN,
+                                                "prompts": str(csv_file)},
+                               "model": {"name": "mmslf", "hidden": 16, "prompt_len": 8}})
+    dataset = load_dataset(config.data)
+    prompt = dataset.train.extras["prompt"]  # token id + 1, 0 at padding
+    assert prompt.shape[1] == MAX_LEN and prompt[0, :5].tolist() == [CLS + 1, 5 + 1, 5 + 1, UNK + 1, SEP + 1]
+    assert prompt[1, :5].tolist() == [CLS + 1, 6 + 1, 6 + 1, UNK + 1, SEP + 1] and int(prompt[:, 5:].max()) == 0
+    with isolated_rng(0):
+        model = build_model(config).eval()
+    assert not hasattr(model.teacher, "prompt_embed") and model.teacher._bert[0] is model.text_encoder
+    _, b = next(dataset.train.batches(4))
+    x, valid = model.encode_inputs(b.features, b.valid), b.valid
+    with torch.no_grad():
+        t1 = model.teacher(x, valid, b.extras["prompt"])
+        t2 = model.teacher(x, valid, b.extras["prompt"].flip(0))
+    assert not torch.allclose(t1.pred, t2.pred) and not torch.allclose(t1.used["audio"], t2.used["audio"])
+    model.train()
+    n = b.labels.shape[0]
+    batch = TrainBatch(features=b.features, valid=b.valid, keep={m: torch.ones_like(v) for m, v in b.valid.items()},
+                       labels=b.labels, complete=b.features, views=1, extras={"prompt": b.extras["prompt"]})
+    step = model.training_step(batch)  # the teacher's stage: its prediction from the prompts through BERT
+    step.preds[0].sub(b.labels).abs().mean().backward()
+    assert step.preds[0].shape == (n,) and model.teacher.prompt_project.weight.grad.abs().sum() > 0

@@ -14,9 +14,15 @@ truncated or zero-padded to P = :data:`MAX_LEN`. The ids go to ``Split.extras["p
 (N, P) long; a model folds them into its own buckets and keeps its own first positions
 (:func:`fold`), then embeds them (hashed n-gram embeddings).
 
+With ``data.text_input: tokens`` the prompt is instead tokenized by the tokenizer of
+``data.text_model`` (local directory only; [CLS] ... [SEP], truncated to P) and stored as
+token id + 1, 0 at padding (:func:`encode_prompt_tokens`), for a model that reads it through
+that BERT.
+
 :func:`synthetic_prompts` writes the matching CSV for the synthetic recovery data: its cue words
 carry the planted clean sentiment score (the label without its noise), with noise, which the
-features give only partly (see its docstring).
+features give only partly; with frame cues (``data.synthetic_cue_frames``) they say instead
+where in the clip the sentiment shows (early, middle, late), not what it is (see its docstring).
 """
 
 from __future__ import annotations
@@ -109,8 +115,34 @@ def encode_prompt(text: str, *, length: int = MAX_LEN, buckets: int = HASH_SPACE
     return ids + [0] * (length - len(ids))
 
 
-def encode_split(split: Split, prompts: Mapping[str, str], *, source: str, name: str) -> Split:
-    """``split`` with ``extras["prompt"]`` (N, P) long from ``prompts`` joined on its ids.
+def encode_prompt_tokens(texts: list[str], tokenizer: Any, *, length: int = MAX_LEN) -> torch.Tensor:
+    """(N, ``length``) long: each text's token ids from ``tokenizer`` ([CLS] ... [SEP], truncated)
+    plus 1, 0 at padding (so 0 means padding whatever the tokenizer's pad id)."""
+    if not texts:
+        return torch.zeros(0, length, dtype=torch.long)
+    enc = tokenizer(texts, max_length=length, truncation=True, padding="max_length")
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+    return torch.where(torch.tensor(enc["attention_mask"]) > 0, ids + 1, torch.zeros_like(ids))
+
+
+def load_tokenizer(directory: str) -> Any:
+    """The tokenizer saved in ``directory`` (``data.text_model``; local files only, never downloaded)."""
+    from transformers import AutoTokenizer
+
+    from fsrf.model._text import _quiet_loading
+
+    try:
+        with _quiet_loading():
+            return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except Exception as err:  # noqa: BLE001  (any failure to load is a bad directory)
+        raise FSRFError(f"data.text_model: {directory}: its tokenizer does not load for the prompts "
+                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+
+
+def encode_split(split: Split, prompts: Mapping[str, str], *, source: str, name: str,
+                 tokenizer: Any = None) -> Split:
+    """``split`` with ``extras["prompt"]`` (N, P) long from ``prompts`` joined on its ids: hashed
+    ids, or with ``tokenizer`` its token ids + 1 (:func:`encode_prompt_tokens`).
 
     Raises:
         FSRFError: a sample without a prompt (naming the file, the split and the id).
@@ -120,18 +152,24 @@ def encode_split(split: Split, prompts: Mapping[str, str], *, source: str, name:
         if key not in prompts:
             raise FSRFError(f"data.prompts: {source}: no prompt for clip {key!r} (split {name!r}); the CSV needs "
                             "one row per clip of every split")
-        rows.append(encode_prompt(prompts[key]))
-    ids = torch.tensor(rows, dtype=torch.long).reshape(len(split), MAX_LEN)
+        rows.append(prompts[key])
+    if tokenizer is not None:
+        ids = encode_prompt_tokens(rows, tokenizer)
+    else:
+        ids = torch.tensor([encode_prompt(r) for r in rows], dtype=torch.long).reshape(len(split), MAX_LEN)
     return dataclasses.replace(split, extras={**split.extras, PROMPT: ids})
 
 
-def attach_prompts(dataset: MultimodalDataset, path: str | Path) -> MultimodalDataset:
-    """``dataset`` with every split's encoded prompts in ``extras["prompt"]`` (see :func:`encode_split`)."""
+def attach_prompts(dataset: MultimodalDataset, path: str | Path, *, text_model: str | None = None) -> MultimodalDataset:
+    """``dataset`` with every split's encoded prompts in ``extras["prompt"]`` (see :func:`encode_split`):
+    tokenized by ``text_model``'s tokenizer when given (``data.text_input: tokens``), else hashed."""
     prompts = read_prompts(path)
+    tokenizer = None if text_model is None else load_tokenizer(text_model)
     splits = {}
     for name in SPLITS:
         split = getattr(dataset, name)
-        splits[name] = None if split is None else encode_split(split, prompts, source=str(path), name=name)
+        splits[name] = None if split is None else encode_split(split, prompts, source=str(path), name=name,
+                                                               tokenizer=tokenizer)
     return dataclasses.replace(dataset, **splits)
 
 
@@ -154,6 +192,12 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
     features render the shared factor through noisy nonlinear maps, so the cue tells more about
     the label than the features do: a teacher that reads it should beat a model without it.
 
+    Data with frame cues (``cue_window`` in the splits, ``make_recovery(cue_frames=True)``) get
+    instead a window phrase, "the feeling shows <early|middle|late> in the clip" (the
+    :data:`fsrf.data._recovery.WINDOWS` word of the third of the audio / vision frames that holds
+    the sentiment, exact; ``cue_noise`` is not read), in the visual or the language part at
+    random among filler words: the prompt says where to look, not the label.
+
     Returns:
         ``(video_id, clip_id, mode, prompt)`` rows for every split, in split order.
 
@@ -170,6 +214,8 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
         x = np.concatenate([np.asarray(split[k], dtype=np.float64) for k in keys], axis=1)
         return np.concatenate([x, np.ones((x.shape[0], 1))], axis=1)
 
+    if "cue_window" in data["train"]:
+        return _window_prompts(data, rng)
     coef, *_ = np.linalg.lstsq(design(data["train"]), np.asarray(data["train"]["regression_labels"], np.float64),
                                rcond=None)
     rows = []
@@ -187,6 +233,29 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
                 visual += f", the face looks {CUES[cue[i]]}"
             else:
                 language += f", the words sound {CUES[cue[i]]}"
+            rows.append((video, clip, name, f"1. Visual cues: {visual}. 2. Language cues: {language}."))
+    return rows
+
+
+def _window_prompts(data: Mapping[str, Mapping[str, Any]], rng: np.random.Generator) -> list[tuple[str, str, str, str]]:
+    """The frame-cue prompts of :func:`synthetic_prompts` (where the sentiment shows)."""
+    from fsrf.data._recovery import WINDOWS
+
+    rows = []
+    for name in SPLITS:
+        split = data[name]
+        window = np.asarray(split["cue_window"])
+        side = rng.integers(0, 2, size=window.shape[0])
+        fill = rng.integers(0, len(_FILLER), size=(window.shape[0], 6))
+        for i, key in enumerate(split["id"]):
+            video, _, clip = str(key).rpartition(ID_SEPARATOR)
+            words = [_FILLER[j] for j in fill[i]]
+            visual, language = " ".join(words[:3]), " ".join(words[3:])
+            phrase = f", the feeling shows {WINDOWS[int(window[i])]} in the clip"
+            if side[i]:
+                visual += phrase
+            else:
+                language += phrase
             rows.append((video, clip, name, f"1. Visual cues: {visual}. 2. Language cues: {language}."))
     return rows
 

@@ -1,7 +1,7 @@
 """The recovery benchmark: synthetic data on which recovering missing semantics must pay off.
 
 Shape legend: N samples, T_m steps of modality m, D_m its feature dimension, K the
-latent size (``latent``). Every draw comes from one ``numpy.random.Generator``.
+latent size (``latent``). Every draw comes from one ``numpy.random.Generator`` (frame cues: a second).
 
 Generative structure, per sample:
 
@@ -31,9 +31,21 @@ the plain model. The controls remove the reason: with many labels the supervised
 signal suffices (``n_train`` large), and with ``label="specific"`` the label lives in
 text's own factor, which no other modality can restore.
 
+Frame cues (``cue_frames=True``, ``data.synthetic_cue_frames``; for MMSLF's prompts, which can
+only choose frames to attend to): audio and vision then span all T_m steps, split into
+:data:`WINDOWS` contiguous thirds (``early``, ``middle``, ``late``). One third per clip, drawn
+uniformly and shared by audio and vision, renders ``phi_m(z, u_m)`` as above; each of the other
+two renders its own distractor latents ``phi_m(z', u')`` (z', u' ~ N(0, I_K), fresh per clip and
+third), with the same gain, nuisance and frame noise, so the thirds are statistically alike and
+only knowing where the window is tells which one carries the sentiment. The windows and
+distractors come from a second generator (seeded from ``seed``), so labels, text, factors,
+gains and noise are those of the same seed without frame cues. The window's index goes to
+``cue_window`` (N,) for :func:`fsrf.data._prompts.synthetic_prompts`. Off (the default),
+nothing changes.
+
 The planted factors are stored beside the MMSA keys of each split, for probes:
 ``factor_shared`` (N, K), ``factor_<m>`` (N, K) and ``factor_nuisance_<m>`` (N, 2).
-The MMSA loader ignores them.
+The MMSA loader ignores them (and ``cue_window``).
 """
 
 from __future__ import annotations
@@ -58,6 +70,10 @@ _REFERENCE_STEPS = 40
 _GAIN_SIGMA = 0.5
 _LABEL_SCALE = 1.5
 _LABEL_BOUND = 3.0
+WINDOWS = ("early", "middle", "late")
+"""The frame-cue windows of ``cue_frames``: the thirds of the audio / vision steps, in order."""
+_CUE_MODALITIES = ("audio", "vision")
+_CUE_STREAM = 0xC0E
 
 
 def make_recovery(
@@ -75,6 +91,7 @@ def make_recovery(
     latent: int = 4,
     label: str = "shared",
     label_noise: float = 0.6,
+    cue_frames: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Generate the recovery benchmark (or a control) as an MMSA unaligned dict.
 
@@ -86,6 +103,8 @@ def make_recovery(
         latent: K, the size of the shared and of each specific latent.
         label: ``shared`` (the benchmark) or ``specific`` (the label reads u_text: a control).
         label_noise: std of the label noise before scaling to [-3, 3].
+        cue_frames: audio / vision carry the sentiment in one random third of their frames only
+            (distractors elsewhere; see the module docstring), its index in ``cue_window``.
 
     Returns:
         ``{"train"|"valid"|"test": split}`` in the MMSA layout of
@@ -100,7 +119,12 @@ def make_recovery(
         raise FSRFError(f"make_recovery: label={label!r}, expected one of {', '.join(LABELS)}")
     if not (isinstance(label_noise, (int, float)) and 0.0 <= label_noise):
         raise FSRFError(f"make_recovery: label_noise={label_noise!r}, expected a number >= 0")
+    if cue_frames and min(steps[m] for m in _CUE_MODALITIES) < len(WINDOWS):
+        raise FSRFError(f"make_recovery: cue_frames needs audio_len and vision_len >= {len(WINDOWS)} "
+                        f"(one window per third), got {steps['audio']} and {steps['vision']}")
     rng = np.random.default_rng(seed)
+    # frame cues draw from their own stream: every other draw is the one without them
+    cue_rng = np.random.default_rng([seed, _CUE_STREAM]) if cue_frames else None
     readout = rng.standard_normal(latent)
     readout /= np.linalg.norm(readout)
     maps = {m: _render_map(rng, 2 * latent, dims[m]) for m in MODALITIES}
@@ -109,7 +133,7 @@ def make_recovery(
     for split in SPLITS:
         data[split] = _make_split(
             rng, maps, steps, readout, n=sizes[split], offset=offset, latent=latent,
-            label=label, label_noise=float(label_noise),
+            label=label, label_noise=float(label_noise), cue_rng=cue_rng,
         )
         offset += sizes[split]
     return data
@@ -143,6 +167,7 @@ def _make_split(
     latent: int,
     label: str,
     label_noise: float,
+    cue_rng: np.random.Generator | None = None,
 ) -> dict[str, Any]:
     z = rng.standard_normal((n, latent))
     specific = {m: rng.standard_normal((n, latent)) for m in MODALITIES}
@@ -150,6 +175,7 @@ def _make_split(
     score = (z if label == "shared" else specific["text"]) @ readout
     raw = _LABEL_SCALE * score + label_noise * rng.standard_normal(n)
     labels = (np.round(3.0 * np.clip(raw, -_LABEL_BOUND, _LABEL_BOUND)) / 3.0).astype(np.float32)
+    window = None if cue_rng is None else cue_rng.integers(0, len(WINDOWS), size=n)
 
     split: dict[str, Any] = {}
     lengths: dict[str, np.ndarray] = {}
@@ -160,7 +186,11 @@ def _make_split(
         x = rng.standard_normal((n, t, dim), dtype=np.float32)
         x *= np.float32(_FRAME_NOISE_STD * math.sqrt(t / _REFERENCE_STEPS))
         gain = np.exp(_GAIN_SIGMA * rng.standard_normal((n, t)) - _GAIN_SIGMA**2 / 2).astype(np.float32)
-        x += gain[:, :, None] * signal.astype(np.float32)[:, None, :]
+        if window is not None and m in _CUE_MODALITIES:
+            lengths[m][:] = t  # fixed windows: every step is valid
+            x += gain[:, :, None] * _windowed(cue_rng, maps[m], signal, window, t, latent, _GAIN[m])
+        else:
+            x += gain[:, :, None] * signal.astype(np.float32)[:, None, :]
         x += (nuisance[m] @ maps[m]["mix"]).astype(np.float32)[:, None, :]
         x[np.arange(t)[None, :] >= lengths[m][:, None]] = 0.0
         split[m] = x
@@ -172,4 +202,22 @@ def _make_split(
     for m in MODALITIES:
         split[f"factor_{m}"] = specific[m].astype(np.float32)
         split[f"factor_nuisance_{m}"] = nuisance[m].astype(np.float32)
+    if window is not None:
+        split["cue_window"] = window.astype(np.int64)
     return split
+
+
+def _window_of_step(t: int) -> np.ndarray:
+    """(T,) the window (third) each of T steps lies in."""
+    return np.minimum(np.arange(t) * len(WINDOWS) // t, len(WINDOWS) - 1)
+
+
+def _windowed(rng: np.random.Generator, mapping: dict[str, np.ndarray], signal: np.ndarray, window: np.ndarray,
+              t: int, latent: int, gain: float) -> np.ndarray:
+    """(N, T, D) per-step rendered content: ``signal`` (N, D) in each clip's window, the rendering
+    of fresh distractor latents [z'; u'] in each other third (one draw per clip and third)."""
+    n = signal.shape[0]
+    decoys = rng.standard_normal((n, len(WINDOWS), 2 * latent))
+    content = gain * _render(mapping, decoys.reshape(n * len(WINDOWS), -1)).reshape(n, len(WINDOWS), -1)
+    content[np.arange(n), window] = signal
+    return content[:, _window_of_step(t)].astype(np.float32)
