@@ -109,12 +109,14 @@ _FUSION_FF = 2048  # torch's TransformerEncoderLayer default, which HME's fusion
 
 @dataclass(frozen=True)
 class HMEConfig(BaseModelConfig):
-    """HME's section: sizes, dropouts, retrieval, uncertainty bounds and loss weights (MOSI's values;
-    MOSEI's depths differ; HME has no SIMS values, so SIMS takes MOSI's)."""
+    """HME's section: sizes, dropouts, retrieval, uncertainty bounds and loss weights. The class
+    defaults are for the synthetic data (width 64, 4 heads, as configs/hme.yaml; every other value
+    MOSI's); the real datasets take HME's: MOSI's width 192 and 16 heads, MOSEI's depths, and for
+    SIMS (HME has no SIMS values) MOSI's."""
 
     name: str = "hme"
-    hidden: int = 192
-    heads: int = 16
+    hidden: int = 64
+    heads: int = 4
     layers: int = 4
     latents: int = 5
     latent_layers: int = 4
@@ -131,7 +133,8 @@ class HMEConfig(BaseModelConfig):
     vib: float = 0.8
     kl: float = 0.01
 
-    dataset_defaults: ClassVar = {"mosei": {"layers": 2, "latent_layers": 3}}
+    dataset_defaults: ClassVar = {"mosi": {"hidden": 192, "heads": 16}, "sims": {"hidden": 192, "heads": 16},
+                                  "mosei": {"hidden": 192, "heads": 16, "layers": 2, "latent_layers": 3}}
 
     def __post_init__(self) -> None:
         for key in ("hidden", "heads", "layers", "latents", "latent_layers", "hyper_depth", "fusion_layers"):
