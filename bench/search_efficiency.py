@@ -10,8 +10,11 @@ default space, ``tuning/spaces/default.yaml``, with its ``base`` swapped for tha
 written to a temporary file). The budget is B = trials x epochs trial-epochs:
 
 * ``random_fifo``: random sampling, FIFO, ``trials`` full trials (exactly B);
-* ``tpe_asha``: TPE with ASHA (grace 1, reduction 3) from a pool of 3 x ``trials``; only the
-  first B result rows (in the order written) count, for the curve and for the choice;
+* ``tpe_asha``: TPE with ASHA (grace 1, reduction 3) from a pool of ``--pool-factor`` x
+  ``trials`` (default 4: with 8 epochs, 3 x would stop ASHA short of B: about 36 + 12 x 2 + 4 x 5
+  = 80 trial-epochs); only the first B result rows (in the order written) count, for the curve
+  and for the choice (``trial_epochs_run`` says how many the search ran; a search that ran out
+  of trials before B keeps its last best for the rest of the curve);
 * ``pbt`` / ``pb2``: a population of ``trials`` drawn from the space, ``epochs`` each (P x
   epochs = B), perturbing the training missing rate every ``--perturbation-interval`` epochs;
   the chosen config is the search's ``best.yaml`` (the winner's followed schedule as a
@@ -108,7 +111,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, tmp: Path, spac
                             scheduler="fifo", **common)
     elif method in ("tpe_asha", "gp_asha"):
         opts = base_options(tmp, f"{method}-{seed}", space=space if method == "tpe_asha" else str(NUMERIC_SPACE),
-                            num_samples=3 * args.trials, sampler=method.split("_")[0], scheduler="asha",
+                            num_samples=args.pool_factor * args.trials, sampler=method.split("_")[0], scheduler="asha",
                             grace_period=1, reduction_factor=3, **common)
     else:
         opts = base_options(tmp, f"{method}-{seed}", space=space, num_samples=args.trials, population=args.trials,
@@ -124,7 +127,8 @@ def run_method(method: str, seed: int, args: argparse.Namespace, tmp: Path, spac
         config = load_config(exp / "best.yaml", [])
     else:
         config = chosen_in_budget(exp, opts.space, in_budget, overrides)
-    return {"curve": best_curve(rows, budget), "trial_epochs_run": len(rows), "search_seconds": round(seconds, 1),
+    return {"curve": best_curve(rows, budget), "trial_epochs_run": len(rows), "spent_budget": len(rows) >= budget,
+            "search_seconds": round(seconds, 1),
             "chosen": {"curriculum.kind": config.curriculum.kind, "curriculum.end": config.curriculum.end,
                        "missing.simulator": config.missing.simulator,
                        "replay_rates": list(config.curriculum.replay_rates)},
@@ -229,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=8, help="epochs per trial (and of the final training)")
     p.add_argument("--final-seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="train.seed of the final runs")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--pool-factor", type=int, default=4, help="tpe/gp + ASHA: trials in the pool per random trial")
     p.add_argument("--perturbation-interval", type=int, default=2, help="pbt/pb2: epochs between perturbations")
     p.add_argument("--perturb", nargs="*", default=[], help="pbt/pb2: float params perturbed besides the rate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every search")
@@ -239,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.trials, args.epochs, args.final_seeds = args.seeds[:2], 4, 2, args.final_seeds[:1]
-        args.perturbation_interval = 1
+        args.perturbation_interval, args.pool_factor = 1, 3  # with 2 epochs ASHA stops few: 3 x overspends B
         args.set = [*QUICK_SETS, *args.set]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if any(m not in METHODS for m in methods) or BASELINE not in methods:
@@ -251,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {
         "config": str(CONFIG.relative_to(ROOT)), "budget_trial_epochs": budget, "trials": args.trials,
         "epochs": args.epochs, "search_seeds": args.seeds, "final_seeds": args.final_seeds,
-        "perturbation_interval": args.perturbation_interval, "perturb": args.perturb, "overrides": args.set,
+        "pool_factor": args.pool_factor, "perturbation_interval": args.perturbation_interval, "perturb": args.perturb, "overrides": args.set,
         "quick": args.quick, "metric": "valid/robust/MAE (min)", "methods": {m: {} for m in methods},
     }
     configs: dict[tuple[str, int], Any] = {}
