@@ -1,14 +1,41 @@
-"""TPE + ASHA against random search + FIFO on the same budget of trial-epochs; prints JSON.
+"""Search methods at an equal budget of trial-epochs, judged on test; prints (or writes) JSON.
 
-    python bench/search_efficiency.py [--seeds 0 1 2] [--trials 12] [--epochs 6]
+    python bench/search_efficiency.py [--seeds 0 1 2 3 4] [--trials 12] [--epochs 8]
+        [--final-seeds 1111 1112 1113] [--methods random_fifo,tpe_asha,pbt,pb2,gp_asha]
+        [--out bench/results/search-efficiency.json]    # also writes <out>.png
+    python bench/search_efficiency.py --quick --out /tmp/se.json   # checks that it runs
 
-On the synthetic data with the default space, for each seed: random search
-with FIFO runs ``trials`` full trials (budget B = trials x epochs trial-epochs);
-TPE with ASHA runs from a larger pool of trials until it has spent B. For
-both, the best validation objective reached is tracked as a function of the
-trial-epochs spent (results in the order they were written). Reported per seed
-and on average: both curves at B/4, B/2, B, and the smallest budget at which
-TPE + ASHA reaches random search's final best (target: <= B/2).
+Every search runs on the recovery benchmark's data (``configs/recovery.yaml``; tune.py's
+default space, ``tuning/spaces/default.yaml``, with its ``base`` swapped for that config,
+written to a temporary file). The budget is B = trials x epochs trial-epochs:
+
+* ``random_fifo``: random sampling, FIFO, ``trials`` full trials (exactly B);
+* ``tpe_asha``: TPE with ASHA (grace 1, reduction 3) from a pool of ``--pool-factor`` x
+  ``trials`` (default 4: with 8 epochs, 3 x would stop ASHA short of B: about 36 + 12 x 2 + 4 x 5
+  = 80 trial-epochs); only the first B result rows (in the order written) count, for the curve
+  and for the choice (``trial_epochs_run`` says how many the search ran; a search that ran out
+  of trials before B keeps its last best for the rest of the curve);
+* ``pbt`` / ``pb2``: a population of ``trials`` drawn from the space, ``epochs`` each (P x
+  epochs = B), perturbing the training missing rate every ``--perturbation-interval`` epochs;
+  the chosen config is the search's ``best.yaml`` (the winner's followed schedule as a
+  ``replay`` curriculum);
+* ``gp_asha``: Optuna's GP with ASHA as ``tpe_asha``, over ``bench/spaces/recovery-numeric.yaml``
+  (the default space has conditional params, which GP cannot model; that space is narrower).
+
+Per method and search seed: the curve of the best validation objective (``valid/robust/MAE``,
+min) against trial-epochs spent; (a) the fraction of B at which the curve first reaches random
++ FIFO's final best of the same seed (null if never); (b) the chosen config trained afresh with
+each ``--final-seeds`` seed (``train.seed``; the data as in the search) and evaluated on test
+as ``bench/ablation.py`` does: ``rand_mae`` (rates 0.0-0.9), ``high_mae`` (0.5-0.9), ``pat_mae``
+(the six modality patterns), averaged over the final seeds. Across search seeds: the median
+fraction (a seed that never reached counts as infinite, so the median is null when half or more
+never reached), mean and SD of each test metric, and per-seed paired differences against
+``tpe_asha`` (method - tpe_asha; negative = the method is better). ``targets`` checks the
+issue's two targets. With ``--out``, a figure is written beside the JSON (``.png``): median
+best-so-far curves per method and a dot plot of test High MAE per method.
+
+Optuna's TPE draws its first 10 trials at random, from the same seed as the random sampler: at
+a budget of fewer trials TPE + ASHA differs from random + FIFO only by ASHA's stopping.
 """
 
 from __future__ import annotations
@@ -16,63 +43,280 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import statistics
 import sys
 import tempfile
+import time
+from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _search_runs import base_options, results_in_time_order, run_quietly  # noqa: E402
+from _search_runs import ROOT, SPACE, base_options, results_in_time_order, run_quietly
+from ablation import run_one
 
-OVERRIDES = ("data.synthetic_train=400", "missing.valid_rates=[0.0,0.3,0.6,0.9]")
+from fsrf import FSRFError, load_config, with_overrides
+from fsrf._yaml import parse_overrides
+from tuning._store_write import STORE_DIR
+from tuning._summary import trial_config
+from tuning.space import load_space
+from tuning.store import read_trials
+
+CONFIG = ROOT / "configs" / "recovery.yaml"
+NUMERIC_SPACE = ROOT / "bench" / "spaces" / "recovery-numeric.yaml"
+METHODS = ("random_fifo", "tpe_asha", "pbt", "pb2", "gp_asha")
+BASELINE, REFERENCE = "random_fifo", "tpe_asha"
+TEST = ("rand_mae", "high_mae", "pat_mae")
+QUICK_SETS = ("data.synthetic_train=256", "data.synthetic_valid=96", "data.synthetic_test=128",
+              "model.hidden=32", "missing.valid_rates=[0.0,0.5,0.9]")
 
 
-def best_curve(exp: Path, budget: int) -> list[float]:
-    """best[k] = best objective after k+1 trial-epochs (minimised), up to ``budget``."""
+def recovery_space(tmp: Path) -> str:
+    """tune.py's default space with its base swapped for configs/recovery.yaml (a temporary copy)."""
+    lines = Path(SPACE).read_text().splitlines()
+    swapped = [f"base: {CONFIG}" if line.startswith("base:") else line for line in lines]
+    path = tmp / "default-on-recovery.yaml"
+    path.write_text("\n".join(swapped) + "\n")
+    return str(path)
+
+
+def best_curve(rows: list[dict], budget: int) -> list[float | None]:
+    """best[k] = best objective after k+1 trial-epochs (min), up to ``budget``; None before any."""
     best, curve = math.inf, []
-    for row in results_in_time_order(exp)[:budget]:
+    for row in rows[:budget]:
         if row["objective"] is not None and not math.isnan(row["objective"]):
             best = min(best, row["objective"])
         curve.append(best)
-    return curve + [best] * (budget - len(curve))
+    curve += [best] * (budget - len(curve))
+    return [None if math.isinf(v) else round(v, 5) for v in curve]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--trials", type=int, default=12)
-    parser.add_argument("--epochs", type=int, default=6)
-    args = parser.parse_args()
+def chosen_in_budget(exp: Path, space_path: str, rows: list[dict], overrides: dict[str, Any]) -> Any:
+    """The config of the trial with the best objective among the first ``budget`` rows."""
+    valid = [r for r in rows if r["objective"] is not None and not math.isnan(r["objective"])]
+    if not valid:
+        raise FSRFError(f"{exp.name}: no finite objective within the budget")
+    best = min(valid, key=lambda r: r["objective"])
+    trial = next(t for t in read_trials(exp / STORE_DIR).to_pylist() if t["trial_id"] == best["trial_id"])
+    space = load_space(space_path)
+    return with_overrides(space.to_config(trial_config(trial)), overrides, source=f"{exp.name} (chosen)")
+
+
+def run_method(method: str, seed: int, args: argparse.Namespace, tmp: Path, space: str) -> dict[str, Any]:
+    """One search; its curve, trial-epochs run, and the chosen config (a Config) under ``config``."""
     budget = args.trials * args.epochs
-    per_seed = []
-    with tempfile.TemporaryDirectory() as tmp:
+    common: dict[str, Any] = {"max_epochs": args.epochs, "seed": seed, "max_concurrent": 2,
+                              "overrides": tuple(args.set), "verbosity": 0}
+    if method == "random_fifo":
+        opts = base_options(tmp, f"{method}-{seed}", space=space, num_samples=args.trials, sampler="random",
+                            scheduler="fifo", **common)
+    elif method in ("tpe_asha", "gp_asha"):
+        opts = base_options(tmp, f"{method}-{seed}", space=space if method == "tpe_asha" else str(NUMERIC_SPACE),
+                            num_samples=args.pool_factor * args.trials, sampler=method.split("_")[0], scheduler="asha",
+                            grace_period=1, reduction_factor=3, **common)
+    else:
+        opts = base_options(tmp, f"{method}-{seed}", space=space, num_samples=args.trials, population=args.trials,
+                            scheduler=method, perturbation_interval=args.perturbation_interval,
+                            perturb=tuple(args.perturb), **common)
+    exp, seconds = run_quietly(opts)
+    rows = results_in_time_order(exp)
+    in_budget = rows[:budget]
+    overrides = {"train.checkpoint_every": 1, **parse_overrides(opts.overrides), "train.epochs": args.epochs}
+    if method in ("pbt", "pb2"):
+        if not (exp / "best.yaml").is_file():
+            raise FSRFError(f"{exp.name}: the search wrote no best.yaml")
+        config = load_config(exp / "best.yaml", [])
+    else:
+        config = chosen_in_budget(exp, opts.space, in_budget, overrides)
+    return {"curve": best_curve(rows, budget), "trial_epochs_run": len(rows), "spent_budget": len(rows) >= budget,
+            "search_seconds": round(seconds, 1),
+            "chosen": {"curriculum.kind": config.curriculum.kind, "curriculum.end": config.curriculum.end,
+                       "missing.simulator": config.missing.simulator,
+                       "replay_rates": list(config.curriculum.replay_rates)},
+            "config": config}
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "sd": None, "n": 0}
+    return {"mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def reached_fraction(curve: list[float | None], target: float | None, budget: int) -> float | None:
+    if target is None:
+        return None
+    k = next((i + 1 for i, v in enumerate(curve) if v is not None and v <= target), None)
+    return None if k is None else round(k / budget, 4)
+
+
+def summarise(per_method: dict[str, dict[str, Any]], seeds: list[int], budget: int) -> dict[str, Any]:
+    """Across search seeds: median fraction, test means/SDs, paired differences, the targets."""
+    out: dict[str, Any] = {}
+    for method, runs in per_method.items():
+        fractions = [runs[str(s)]["fraction_reaching_random_final"] for s in seeds
+                     if str(s) in runs and "curve" in runs[str(s)]]
+        ranked = [math.inf if f is None else f for f in fractions]
+        median = statistics.median(ranked) if ranked else None
+        out[method] = {
+            "median_fraction_reaching_random_final": None if median is None or math.isinf(median) else median,
+            "seeds_reaching": sum(f is not None for f in fractions), "seeds_run": len(fractions),
+            **{m: _stats([runs[str(s)]["test"][m] for s in seeds if "test" in runs.get(str(s), {})]) for m in TEST},
+        }
+    paired: dict[str, Any] = {}
+    ref = per_method.get(REFERENCE, {})
+    for method, runs in per_method.items():
+        if method == REFERENCE:
+            continue
+        both = [s for s in seeds if "test" in runs.get(str(s), {}) and "test" in ref.get(str(s), {})]
+        paired[f"{method}-{REFERENCE}"] = {
+            m: {"per_seed": [runs[str(s)]["test"][m] - ref[str(s)]["test"][m] for s in both], "seeds": both,
+                **_stats([runs[str(s)]["test"][m] - ref[str(s)]["test"][m] for s in both])} for m in TEST}
+    return {"summary": out, "paired": paired}
+
+
+def targets(summary: dict[str, Any]) -> dict[str, Any]:
+    tpe = summary.get(REFERENCE, {})
+    frac = tpe.get("median_fraction_reaching_random_final")
+    learned = {m: summary[m]["high_mae"]["mean"] for m in ("pbt", "pb2")
+               if m in summary and summary[m]["high_mae"]["mean"] is not None}
+    fixed = tpe.get("high_mae", {}).get("mean")
+    best_learned = min(learned, key=learned.get) if learned else None
+    return {
+        "tpe_asha_reaches_random_final_at_most_0.35": {
+            "median_fraction": frac, "met": None if frac is None and not tpe else (frac is not None and frac <= 0.35)},
+        "learned_curriculum_matches_fixed_on_test_high_mae": {
+            "best_learned": best_learned, "best_learned_high_mae": learned.get(best_learned),
+            "tpe_asha_high_mae": fixed,
+            "met": None if best_learned is None or fixed is None else learned[best_learned] <= fixed},
+    }
+
+
+def figure(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = report["budget_trial_epochs"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    methods = list(report["methods"])
+    for method in methods:
+        curves = [r["curve"] for r in report["methods"][method].values() if "curve" in r]
+        if not curves:
+            continue
+        median = []
+        for k in range(budget):
+            values = [c[k] for c in curves if c[k] is not None]
+            median.append(statistics.median(values) if values else math.nan)
+        left.plot([(k + 1) / budget for k in range(budget)], median, label=method)
+    left.set_xlabel("fraction of the budget (trial-epochs)")
+    left.set_ylabel("best validation MAE so far (median over seeds)")
+    left.legend(fontsize=8)
+    for i, method in enumerate(methods):
+        runs = report["methods"][method]
+        values = [r["test"]["high_mae"] for r in runs.values() if "test" in r]
+        right.plot([i] * len(values), values, "o", alpha=0.6)
+        if values:
+            right.plot([i - 0.2, i + 0.2], [statistics.fmean(values)] * 2, "k-")
+    right.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
+    right.set_ylabel("test High MAE of the chosen config (rates 0.5-0.9)")
+    fig.suptitle(f"search methods at {budget} trial-epochs on configs/recovery.yaml")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="search seeds (>= 5 for the issue)")
+    p.add_argument("--trials", type=int, default=12, help="B / epochs: random's trials, the PBT/PB2 population")
+    p.add_argument("--epochs", type=int, default=8, help="epochs per trial (and of the final training)")
+    p.add_argument("--final-seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="train.seed of the final runs")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--pool-factor", type=int, default=4, help="tpe/gp + ASHA: trials in the pool per random trial")
+    p.add_argument("--perturbation-interval", type=int, default=2, help="pbt/pb2: epochs between perturbations")
+    p.add_argument("--perturb", nargs="*", default=[], help="pbt/pb2: float params perturbed besides the rate")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every search")
+    p.add_argument("--jobs", type=int, default=2, help="final trainings in parallel (1 thread each)")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny: 2 seeds, 4 trials x 2 epochs, 1 final seed, smaller data and model (checks it runs)")
+    p.add_argument("--note", default=None, help="a note stored in the JSON (e.g. what machine ran it)")
+    p.add_argument("--out", type=Path, default=None, help="write the JSON here and the figure beside it (.png)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.trials, args.epochs, args.final_seeds = args.seeds[:2], 4, 2, args.final_seeds[:1]
+        args.perturbation_interval, args.pool_factor = 1, 3  # with 2 epochs ASHA stops few: 3 x overspends B
+        args.set = [*QUICK_SETS, *args.set]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if any(m not in METHODS for m in methods) or BASELINE not in methods:
+        print(f"search_efficiency: error: --methods {args.methods!r}: names from {', '.join(METHODS)}, "
+              f"with {BASELINE}", file=sys.stderr)
+        return 2
+    budget = args.trials * args.epochs
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "config": str(CONFIG.relative_to(ROOT)), "budget_trial_epochs": budget, "trials": args.trials,
+        "epochs": args.epochs, "search_seeds": args.seeds, "final_seeds": args.final_seeds,
+        "pool_factor": args.pool_factor, "perturbation_interval": args.perturbation_interval, "perturb": args.perturb, "overrides": args.set,
+        **({"note": args.note} if args.note else {}), "quick": args.quick, "metric": "valid/robust/MAE (min)", "methods": {m: {} for m in methods},
+    }
+    configs: dict[tuple[str, int], Any] = {}
+    with tempfile.TemporaryDirectory(prefix="fsrf-search-eff-") as tmp_name:
+        tmp = Path(tmp_name)
+        space = recovery_space(tmp)
         for seed in args.seeds:
-            common = dict(max_epochs=args.epochs, seed=seed, max_concurrent=2, overrides=OVERRIDES)
-            rnd, _ = run_quietly(base_options(Path(tmp), f"random-{seed}", num_samples=args.trials,
-                                              sampler="random", scheduler="fifo", **common))
-            tpe, _ = run_quietly(base_options(Path(tmp), f"tpe-{seed}", num_samples=3 * args.trials,
-                                              sampler="tpe", scheduler="asha", grace_period=1,
-                                              reduction_factor=3, **common))
-            r_curve, t_curve = best_curve(rnd, budget), best_curve(tpe, budget)
-            reached = next((k + 1 for k, v in enumerate(t_curve) if v <= r_curve[-1]), None)
-            per_seed.append({
-                "seed": seed,
-                "random_fifo_best_at": {f"{f}B": round(r_curve[int(f * budget) - 1], 4) for f in (0.25, 0.5, 1)},
-                "tpe_asha_best_at": {f"{f}B": round(t_curve[int(f * budget) - 1], 4) for f in (0.25, 0.5, 1)},
-                "tpe_asha_epochs_to_reach_random_final": reached,
-                "fraction_of_budget": None if reached is None else round(reached / budget, 3),
-            })
-    fractions = [s["fraction_of_budget"] if s["fraction_of_budget"] is not None else math.inf for s in per_seed]
-    print(json.dumps({
-        "budget_trial_epochs": budget,
-        "metric": "valid/robust/MAE (min)",
-        "seeds": per_seed,
-        "median_fraction_of_budget": statistics.median(fractions),
-        "target": "TPE + ASHA reaches random + FIFO's final best with <= 0.5 of the budget",
-    }, indent=2))
+            for method in methods:
+                try:
+                    run = run_method(method, seed, args, tmp, space)
+                except Exception as err:  # noqa: BLE001 (one failed search (e.g. all trials errored) is reported, not fatal)
+                    report["methods"][method][str(seed)] = {"error": f"{type(err).__name__}: {err}"}
+                    print(f"search_efficiency: {method} seed {seed}: {err}", file=sys.stderr)
+                    continue
+                configs[(method, seed)] = run.pop("config")
+                report["methods"][method][str(seed)] = run
+                print(f"search_efficiency: {method} seed {seed}: {run['search_seconds']} s", file=sys.stderr)
+            random_runs = report["methods"][BASELINE].get(str(seed), {})
+            target = random_runs["curve"][-1] if "curve" in random_runs else None
+            for method in methods:
+                run = report["methods"][method][str(seed)]
+                if "curve" in run:
+                    run["fraction_reaching_random_final"] = reached_fraction(run["curve"], target, budget)
+        ctx = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
+            jobs = {(m, s, f): pool.submit(run_one, with_overrides(c, {"train.seed": f, "train.num_threads": 1}),
+                                           str(tmp / "final" / f"{m}-{s}-{f}"))
+                    for (m, s), c in configs.items() for f in args.final_seeds}
+            done = {}
+            for key, job in jobs.items():
+                try:
+                    done[key] = job.result()
+                except Exception as err:  # noqa: BLE001 (a failed final run is reported, not fatal)
+                    done[key] = {"error": f"{type(err).__name__}: {err}"}
+    for method, seed in configs:
+        finals = [done[(method, seed, f)] for f in args.final_seeds]
+        ok = [r for r in finals if "error" not in r]
+        run = report["methods"][method][str(seed)]
+        run["final"] = {str(f): ({k: r[k] for k in (*TEST, "valid_objective", "best_epoch")} if "error" not in r
+                                 else r) for f, r in zip(args.final_seeds, finals)}
+        if len(ok) == len(finals):
+            run["test"] = {m: statistics.fmean(r[m] for r in ok) for m in TEST}
+    report.update(summarise(report["methods"], args.seeds, budget))
+    report["targets"] = targets(report["summary"])
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    text = json.dumps(report, indent=2)
+    if args.out is None:
+        print(text)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        figure(report, args.out.with_suffix(".png"))
+        print(f"wrote {args.out} and {args.out.with_suffix('.png')}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
