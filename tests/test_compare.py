@@ -133,6 +133,7 @@ def test_plain_mixed_is_plain_trained_with_the_mixed_simulator(tiny_yaml, tmp_pa
     assert load_config(out / "plain" / "chosen.yaml").missing.simulator != "mixed"
 
 
+@pytest.mark.slow  # 4 models x 2 seeds x 2 epochs at their own defaults (hme: 192 wide)
 def test_compare_without_search_runs_the_models_that_need_side_inputs_and_hooks(tmp_path, capsys) -> None:
     """hme (a neighbour bank), cyin (two stages), dashfusion (TrainBatch.index, epoch hooks) and mmslf
     (per-clip prompts through data.prompts in the shared config) in one budget-0 comparison."""
