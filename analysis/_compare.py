@@ -23,6 +23,14 @@ whole-modality patterns with complete input and their Average), mean ± SD over 
 model, and a paired t-test (two-sided, n = number of seeds, same seeds for every model) of
 each model against the first named on the Average rows.
 
+Domain generalisation: with ``data.domains`` / ``data.target`` in ``--config`` (midg's protocol,
+:mod:`fsrf.data._domains`; every model trains on the sources and is selected on their validation
+splits), the test split is the held-out target domain's, and the table adds a DG section: each
+model's target rows of ``fsrf evaluate``'s DG table (complete input, random-rate average,
+modality average) in ``compare.md`` / ``compare.csv`` (protocol ``domain``) / ``results.json``
+(``table["domain"]``, ``table["dg"]``: target and sources), with paired tests on the target's
+complete-input row.
+
 ``--gpus-per-run N`` gives every search trial and every final seed N GPUs from Ray (fractions
 share a GPU); the final seeds then run as Ray tasks in parallel, the dataset in Ray's object
 store once. More than the largest node has is refused before anything runs.
@@ -184,15 +192,56 @@ def _claim(out: Path, spec: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(spec, indent=2))
 
 
-def _search(options: CompareOptions, entry: str, base_file: Path, name: str) -> Config:
-    """Run (or continue) the search of a ``--models`` entry; its best configuration."""
-    from tuning import BEST_FILE, SearchOptions, experiment_path, run_search
+def _model_base(base: Config, entry: str) -> Config:
+    """The base config of a ``--models`` entry: ``base`` with its model (its own defaults) and fixed overrides."""
+    model, overrides = _model_of(entry)
+    model_base = base if model == base.model.name else with_overrides(base, {"model.name": model})
+    if overrides:
+        model_base = with_overrides(model_base, overrides, source=f"variant {entry}")
+    return model_base
 
+
+def _write_space(entry: str, base_file: Path) -> Path:
+    """Write the search space of a ``--models`` entry next to its ``base_file``: its model's shipped
+    space on that base, the entry's fixed overrides held fixed; returns its path."""
     model, overrides = _model_of(entry)
     raw = hold_fixed(read_yaml(space_file(model)), overrides)
     raw["base"] = base_file.name
     space = base_file.parent / "space.yaml"
     atomic_write_text(space, yaml.safe_dump(raw, sort_keys=False))
+    return space
+
+
+def _check_spaces(options: CompareOptions, base: Config) -> None:
+    """Every entry's space loads on its base and suits ``--sampler`` (``tune.py``'s check), before any work.
+
+    Raises:
+        FSRFError: a space that does not load, or one the sampler does not suit (``check_sampler``'s
+            one line, naming the entry's space).
+    """
+    import tempfile
+
+    from tuning import check_sampler
+    from tuning.space import load_space
+
+    with tempfile.TemporaryDirectory(prefix="fsrf-compare-") as tmp:
+        for entry in options.models:
+            folder = Path(tmp) / entry
+            folder.mkdir()
+            base_file = folder / "base.yaml"
+            save_config(_model_base(base, entry), base_file)
+            space = load_space(_write_space(entry, base_file))
+            try:
+                check_sampler(options.sampler, space)
+            except FSRFError as err:
+                raise FSRFError(f"{err} (space of {entry}: {space_file(_model_of(entry)[0])})") from None
+
+
+def _search(options: CompareOptions, entry: str, base_file: Path, name: str) -> Config:
+    """Run (or continue) the search of a ``--models`` entry; its best configuration."""
+    from tuning import BEST_FILE, SearchOptions, experiment_path, run_search
+
+    space = _write_space(entry, base_file)
     epochs = options.epochs or load_config(base_file).train.epochs
     search = SearchOptions(
         space=str(space), name=name, storage=options.storage, num_samples=max(1, options.budget // epochs),
@@ -264,10 +313,6 @@ def _check_gpus(options: CompareOptions) -> None:
             ray.shutdown()  # searches and final seeds start their own
 
 
-def _average(run: dict[str, Any], key: str, metric: str) -> float:
-    return float(run[key]["Average"][metric])
-
-
 def paired_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     """Two-sided paired t-test of a - b: (t, p). Identical samples give (0, 1)."""
     from scipy import stats
@@ -279,12 +324,21 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
     return float(result.statistic), float(result.pvalue)
 
 
-def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str]) -> dict[str, Any]:
-    """Mean ± SD per model of every row of both tables, and paired tests against the first model."""
+def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str], *,
+              dg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Mean ± SD per model of every row of both tables, and paired tests against the first model.
+
+    Args:
+        dg: ``{"target", "sources"}`` of a domain-generalisation comparison
+            (:func:`analysis._final.dg_info`): the runs then hold DG rows (``run["domain"]``), which
+            get a table of their own (``domain``) and paired tests on the target's complete row.
+    """
     first = models[0]
-    table: dict[str, Any] = {"random": {}, "patterns": {}, "paired": {}}
+    keys = ("random", "patterns", *(("domain",) if dg is not None else ()))
+    table: dict[str, Any] = {key: {} for key in keys}
+    table["paired"] = {}
     metrics = [m for m in METRICS if m in runs[first][0]["random"]["Average"]] or ["MAE", "Corr", "F1_score"]
-    for key in ("random", "patterns"):
+    for key in keys:
         for model in models:
             rows = runs[model][0][key]
             table[key][model] = {
@@ -292,12 +346,15 @@ def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str]) -> d
                             "sd": statistics.stdev(r[key][label][m] for r in runs[model])} for m in metrics}
                 for label in rows
             }
+    rows_of = {"random": "Average", "patterns": "Average"}
+    if dg is not None:
+        rows_of["domain"] = f"{dg['target']} complete"
     for model in models[1:]:
         table["paired"][model] = {}
-        for key in ("random", "patterns"):
+        for key, label in rows_of.items():
             for m in metrics:
-                a = [_average(r, key, m) for r in runs[model]]
-                b = [_average(r, key, m) for r in runs[first]]
+                a = [float(r[key][label][m]) for r in runs[model]]
+                b = [float(r[key][label][m]) for r in runs[first]]
                 t, p = paired_t(a, b)
                 diffs = [x - y for x, y in zip(a, b)]
                 table["paired"][model][f"{key}/{m}"] = {
@@ -305,6 +362,8 @@ def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str]) -> d
                     "n": len(diffs)}
     table["metrics"] = metrics
     table["text_protocol"] = {model: _text_protocol(runs[model]) for model in models}
+    if dg is not None:
+        table["dg"] = dg
     return table
 
 
@@ -325,9 +384,16 @@ def _protocol_lines(table: dict[str, Any], models: Sequence[str]) -> list[str]:
 
 def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[int], title: str) -> str:
     metrics = table["metrics"]
-    intro = f"Test split, mean ± SD over seeds {', '.join(map(str, seeds))}; models selected on validation only."
+    dg = table.get("dg")
+    split = "Test split" if dg is None else f"Test split of the held-out target domain {dg['target']} (DG)"
+    intro = f"{split}, mean ± SD over seeds {', '.join(map(str, seeds))}; models selected on validation only."
     lines = [f"# {title}", "", intro, ""]
-    for key, heading in (("random", "Random missing rates"), ("patterns", "Whole-modality missing")):
+    sections = [("random", "Random missing rates"), ("patterns", "Whole-modality missing")]
+    if dg is not None:
+        from analysis._final import domain_title
+
+        sections.append(("domain", domain_title(dg)))
+    for key, heading in sections:
         lines += [f"## {heading}", "", "| condition | " + " | ".join(f"{m} {x}" for m in models for x in metrics) + " |",
                   "|" + "---|" * (1 + len(models) * len(metrics))]
         for label in table[key][models[0]]:
@@ -336,8 +402,9 @@ def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[in
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += ["", *_protocol_lines(table, models), ""]
     n = len(seeds)
+    rows = "Average rows" if dg is None else f"Average rows (domain: the target's complete row, {dg['target']} complete)"
     lines += [f"## Paired differences against {models[0]}", "",
-              f"Average rows, other − {models[0]} per seed; two-sided paired t-test, n = {n} seeds.", "",
+              f"{rows}, other − {models[0]} per seed; two-sided paired t-test, n = {n} seeds.", "",
               "| model | measure | mean diff ± SD | t | p |", "|---|---|---|---|---|"]
     for model, rows in table["paired"].items():
         for measure, r in rows.items():
@@ -347,9 +414,12 @@ def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[in
 
 
 def to_csv(table: dict[str, Any], models: Sequence[str]) -> str:
+    """One row per protocol, condition, model and metric (protocol ``domain``: the DG rows)."""
     rows = ["protocol,condition,model,metric,mean,sd,text_protocol"]
     protocols = table.get("text_protocol", {})
-    for key in ("random", "patterns"):
+    for key in ("random", "patterns", "domain"):
+        if key not in table:
+            continue
         for model in models:
             text = protocols.get(model, TEXT_PROTOCOLS["features"])
             for label, metrics in table[key][model].items():
@@ -384,9 +454,13 @@ def figure(table: dict[str, Any], models: Sequence[str], path: Path) -> None:
 
 def run_compare(options: CompareOptions) -> dict[str, Any]:
     """Search (unless ``budget`` is 0), final-train and compare every model; write the outputs."""
+    from analysis._final import dg_info, with_domain
+
     out = Path(options.out)
     base = _base(options)
     _check(options, base)
+    if options.budget:
+        _check_spaces(options, base)
     _check_gpus(options)
     _claim(out, _spec(options, base))
     name = options.name or out.resolve().name
@@ -394,18 +468,18 @@ def run_compare(options: CompareOptions) -> dict[str, Any]:
     for entry in options.models:
         folder = out / entry
         folder.mkdir(parents=True, exist_ok=True)
-        model, overrides = _model_of(entry)
-        model_base = base if model == base.model.name else with_overrides(base, {"model.name": model})
-        if overrides:
-            model_base = with_overrides(model_base, overrides, source=f"variant {entry}")
+        model_base = _model_base(base, entry)
         base_file = folder / "base.yaml"
         save_config(model_base, base_file)
         chosen = _search(options, entry, base_file, f"{name}-{entry}") if options.budget else model_base
         save_config(chosen, folder / "chosen.yaml")
-        runs[entry] = _final(chosen, options.final_seeds, folder / "final", gpus_per_run=options.gpus_per_run,
-                             num_cpus=options.num_cpus)
-    table = summarize(runs, options.models)
-    title = f"Comparison on {base.data.dataset}: {', '.join(options.models)} (budget {options.budget} trial-epochs)"
+        runs[entry] = [with_domain(r, chosen.data) for r in _final(
+            chosen, options.final_seeds, folder / "final", gpus_per_run=options.gpus_per_run,
+            num_cpus=options.num_cpus)]
+    dg = dg_info(base.data)
+    table = summarize(runs, options.models, dg=dg)
+    where = base.data.dataset if dg is None else f"{base.data.dataset}, DG target {dg['target']}"
+    title = f"Comparison on {where}: {', '.join(options.models)} (budget {options.budget} trial-epochs)"
     atomic_write_text(out / "compare.md", to_markdown(table, options.models, options.final_seeds, title))
     atomic_write_text(out / "compare.csv", to_csv(table, options.models))
     atomic_write_text(out / "results.json", json.dumps({"table": table, "runs": runs}, indent=2, default=float))
@@ -415,6 +489,8 @@ def run_compare(options: CompareOptions) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``fsrf compare``: returns the exit status."""
+    from tuning import SAMPLERS
+
     p = argparse.ArgumentParser(prog="fsrf compare", description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", required=True, help="registered model names or variants "
                    f"({', '.join(VARIANTS)}); the first is the reference")
@@ -429,7 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once (default: 2)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
-    p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="Optuna sampler of every search, as tune.py's: tpe, random, gp or cmaes (numeric spaces "
+                        "without conditions only; a space they do not suit is refused before any work)")
     p.add_argument("--seed", type=int, default=0, help="seed of every model's sampler (default: 0)")
     p.add_argument("--gpus-per-run", type=float, default=0.0,
                    help="GPUs of each search trial and each final seed, asked from Ray (fractions share a "

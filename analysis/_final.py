@@ -13,6 +13,12 @@ GPUs; one after another otherwise. As Ray tasks, the dataset goes into Ray's obj
 once for every seed, and each task asks Ray for ``--gpus-per-run`` GPUs (a fraction shares one
 GPU between seeds; more than the largest node has is refused before anything runs); a task
 given a GPU trains and evaluates on it.
+
+Domain generalisation (a config with ``data.domains`` / ``data.target``, midg's protocol,
+:mod:`fsrf.data._domains`): the test split is the held-out target domain's, and each seed also
+reports the DG table of ``fsrf evaluate`` (:func:`fsrf.evaluate.domain_table`: the target's
+complete-input row and its averages under both missing protocols), written as its own section of
+``final.md`` and as ``robustness_domain_mean`` / ``_std`` tables.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 
 from fsrf import (
     Config,
+    DataConfig,
     FSRFError,
     atomic_write_text,
     load_checkpoint,
@@ -40,9 +47,15 @@ from fsrf import (
     train,
     with_overrides,
 )
-from fsrf.constants import PATTERN_TABLE, RANDOM_TABLE
+from fsrf.constants import DOMAIN_TABLE, PATTERN_TABLE, RANDOM_TABLE
 from fsrf.data import MultimodalDataset
-from fsrf.evaluate import RobustnessTable, modality_pattern_table, protocol_line, random_missing_table
+from fsrf.evaluate import (
+    RobustnessTable,
+    domain_table,
+    modality_pattern_table,
+    protocol_line,
+    random_missing_table,
+)
 from fsrf.model import build_model
 
 
@@ -66,8 +79,37 @@ def train_and_evaluate(config: Config, seed: int, out: str, eval_seed: int | Non
     seed_of_masks = cfg.missing.eval_seed if eval_seed is None else eval_seed  # the config's, as fsrf evaluate
     random_rows = random_missing_table(model, dataset.split("test"), split_name="test", seed=seed_of_masks, **common).rows
     pattern_rows = modality_pattern_table(model, dataset.split("test"), **common).rows
-    return {"seed": seed, "best_epoch": result.best_epoch, "text_protocol": cfg.data.text_protocol(),
-            "random": random_rows, "patterns": pattern_rows}
+    run = {"seed": seed, "best_epoch": result.best_epoch, "text_protocol": cfg.data.text_protocol(),
+           "random": random_rows, "patterns": pattern_rows}
+    return with_domain(run, cfg.data)
+
+
+def dg_info(data: DataConfig) -> dict[str, Any] | None:
+    """``{"target": ..., "sources": [...]}`` of a domain-generalisation config; None without ``data.domains``."""
+    if not data.domains:
+        return None
+    return {"target": data.target, "sources": list(data.source_domains())}
+
+
+def with_domain(run: dict[str, Any], data: DataConfig) -> dict[str, Any]:
+    """A seed's result with its DG rows (``run["domain"]``, ``run["dg"]``) under a DG config.
+
+    The rows are :func:`fsrf.evaluate.domain_table`'s over the seed's test tables (the target
+    domain's): ``<target> complete``, ``<target> random avg``, ``<target> modality avg``; a
+    result written before they existed gets them from its own tables. Without DG, ``run`` as it is.
+    """
+    dg = dg_info(data)
+    if dg is None or "domain" in run:
+        return run
+    table = domain_table(RobustnessTable("missing rate", run["random"]),
+                         RobustnessTable("available modalities", run["patterns"]),
+                         target=dg["target"], sources=dg["sources"])
+    return {**run, "dg": dg, "domain": table.rows}
+
+
+def domain_title(dg: dict[str, Any]) -> str:
+    """The DG section's heading: the target domain and the sources trained on."""
+    return f"Domain generalisation (DG): target domain {dg['target']}, trained on {'+'.join(dg['sources'])}"
 
 
 def check_gpus_per_run(gpus: float) -> float:
@@ -225,20 +267,31 @@ def run_final(config: Config, seeds: Sequence[int], out: Path, *, parallel: str 
         runs = [train_and_evaluate(config, s, str(out), dataset=dataset) for s in seeds]
     runs = sorted(runs, key=lambda r: r["seed"])
     protocol = config.data.text_protocol()
+    dg = dg_info(config.data)
+    runs = [with_domain(r, config.data) for r in runs]
     random_table, random_std = aggregate(runs, "random", "missing rate", text_protocol=protocol)
     pattern_table, pattern_std = aggregate(runs, "patterns", "available modalities", text_protocol=protocol)
+    split = "test split" if dg is None else f"test split of the target domain {dg['target']} (DG)"
     report = (
-        f"# Final results: {config.data.dataset}, test split, seeds {', '.join(map(str, seeds))}\n\n"
+        f"# Final results: {config.data.dataset}, {split}, seeds {', '.join(map(str, seeds))}\n\n"
         f"Mean ± standard deviation over seeds; accuracies and F1 in %; text protocol: {protocol}.\n\n"
         "## Random missing rates\n\n" + to_markdown(random_table, random_std) + f"\n{protocol_line(protocol)}\n"
         + "\n## Whole-modality missing\n\n" + to_markdown(pattern_table, pattern_std) + f"\n{protocol_line(protocol)}\n"
     )
+    tables = [(RANDOM_TABLE, random_table, random_std), (PATTERN_TABLE, pattern_table, pattern_std)]
+    if dg is not None:
+        title = f"target (sources {'+'.join(dg['sources'])})"
+        domain, domain_std = aggregate(runs, "domain", title, text_protocol=protocol)
+        report += (f"\n## {domain_title(dg)}\n\nThe held-out target's test split under both missing protocols "
+                   "(selected on the sources' validation splits).\n\n" + to_markdown(domain, domain_std)
+                   + f"\n{protocol_line(protocol)}\n")
+        tables.append((DOMAIN_TABLE, domain, domain_std))
     atomic_write_text(out / "final.md", report)
-    for stem, table, spread in ((RANDOM_TABLE, random_table, random_std), (PATTERN_TABLE, pattern_table, pattern_std)):
+    for stem, table, spread in tables:
         table.write(out, f"{stem}_mean")
         RobustnessTable(f"{table.title} (std)", spread, protocol).write(out, f"{stem}_std")
     atomic_write_text(out / "runs.json", json.dumps(runs, indent=2, default=float))
-    return {"runs": runs, "markdown": report}
+    return {"runs": runs, "markdown": report, **({"dg": dg} if dg is not None else {})}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

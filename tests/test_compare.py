@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests_support import TINY
+from tests_support import DG_TINY, TINY
 
 from fsrf import config_from_dict, save_config, with_overrides
 from fsrf.cli import main
@@ -131,3 +131,69 @@ def test_plain_mixed_is_plain_trained_with_the_mixed_simulator(tiny_yaml, tmp_pa
     chosen = load_config(out / "plain-mixed" / "chosen.yaml")
     assert chosen.model.name == "plain" and chosen.missing.simulator == "mixed"
     assert load_config(out / "plain" / "chosen.yaml").missing.simulator != "mixed"
+
+
+@pytest.mark.slow  # 4 models x 2 seeds x 2 epochs at their own synthetic defaults
+def test_compare_without_search_runs_the_models_that_need_side_inputs_and_hooks(tmp_path, capsys) -> None:
+    """hme (a neighbour bank), cyin (two stages), dashfusion (TrainBatch.index, epoch hooks) and mmslf
+    (per-clip prompts through data.prompts in the shared config) in one budget-0 comparison."""
+    import math
+
+    from fsrf._run_data import synthetic_data  # tests may read internals
+    from fsrf.data._prompts import prompts_csv, synthetic_prompts
+
+    data = {**TINY["data"], "synthetic_kind": "recovery", "synthetic_train": 96, "synthetic_valid": 32,
+            "synthetic_test": 32}
+    config = with_overrides(config_from_dict({**TINY, "data": data}), {"train.epochs": 2})
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text(prompts_csv(synthetic_prompts(synthetic_data(config.data), seed=0)))
+    path = tmp_path / "tiny.yaml"
+    save_config(with_overrides(config, {"data.prompts": str(prompts)}), path)
+    out = tmp_path / "cmp"
+    models = ["hme", "cyin", "dashfusion", "mmslf"]
+    assert main(["compare", "--models", *models, "--config", str(path), "--budget", "0", "--final-seeds", "2",
+                 "--out", str(out)]) == 0
+    table = json.loads((out / "results.json").read_text())["table"]
+    for key in ("random", "patterns"):
+        assert list(table[key]) == models
+        for model in models:
+            for row in table[key][model].values():
+                assert all(math.isfinite(v["mean"]) and math.isfinite(v["sd"]) for v in row.values()), (key, model)
+    assert set(table["paired"]) == set(models[1:])
+    text = (out / "compare.md").read_text()
+    assert all(f"{m} MAE" in text for m in models)
+
+
+@pytest.mark.parametrize(("sampler", "needle"), [("gp", "--sampler gp: parameter curriculum.start is conditional"),
+                                                 ("cmaes", "--sampler cmaes: parameter")])
+def test_a_sampler_a_space_does_not_suit_is_refused_before_any_work(sampler, needle, tiny_yaml, tmp_path,
+                                                                      capsys) -> None:
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "plain", "fsrf", "--config", str(tiny_yaml), "--budget", "4",
+                 "--sampler", sampler, "--out", str(out)]) == 2
+    line = _error(capsys)
+    assert needle in line and "space of plain" in line
+    assert not out.exists()  # refused before compare.json: another sampler may use the folder
+
+
+def test_compare_under_dg_reports_each_models_target_domain_rows(tmp_path, capsys) -> None:
+    import yaml
+
+    path = tmp_path / "dg.yaml"
+    path.write_text(yaml.safe_dump(DG_TINY))
+    out = tmp_path / "cmp"
+    assert main(["compare", "--models", "midg", "plain", "--config", str(path), "--budget", "0",
+                 "--final-seeds", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    table = results["table"]
+    assert table["dg"] == {"target": "c", "sources": ["a", "b"]}
+    rows = ("c complete", "c random avg", "c modality avg")
+    for model in ("midg", "plain"):
+        assert tuple(table["domain"][model]) == rows
+        assert table["domain"][model]["c random avg"] == table["random"][model]["Average"]
+        assert all(r["domain"]["c complete"] == r["patterns"]["complete"] for r in results["runs"][model])
+    assert table["paired"]["plain"]["domain/MAE"]["n"] == 2
+    text = (out / "compare.md").read_text()
+    assert "Comparison on synthetic, DG target c" in text and "held-out target domain c (DG)" in text
+    assert "## Domain generalisation (DG): target domain c, trained on a+b" in text and "| c complete |" in text
+    assert "\ndomain,c complete,midg,MAE," in (out / "compare.csv").read_text()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from fsrf.cli import main
-from tests_support import TINY
+from tests_support import DG_TINY, TINY
 
 
 def _config(tmp_path: Path) -> Path:
@@ -112,3 +112,25 @@ def test_more_gpus_per_run_than_any_node_has_is_one_line_and_exit_2(
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"fsrf compare: error: {expected}"]
     assert not (tmp_path / "compare" / "fsrf").exists()
+
+
+
+def test_final_under_dg_reports_the_target_domain_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "dg.yaml"
+    config.write_text(yaml.safe_dump(DG_TINY))
+    out = tmp_path / "final"
+    assert main(["final", "--config", str(config), "--seeds", "1", "2", "--out", str(out), "--parallel", "serial"]) == 0
+    text = (out / "final.md").read_text()
+    assert "test split of the target domain c (DG)" in text
+    assert "## Domain generalisation (DG): target domain c, trained on a+b" in text
+    assert all(f"| {row} |" in text for row in ("c complete", "c random avg", "c modality avg"))
+    runs = json.loads((out / "runs.json").read_text())
+    assert all(r["dg"] == {"target": "c", "sources": ["a", "b"]} for r in runs)
+    assert all(r["domain"]["c random avg"] == r["random"]["Average"] for r in runs)
+    assert all(r["domain"]["c complete"] == r["patterns"]["complete"] for r in runs)
+    mean = json.loads((out / "robustness_domain_mean.json").read_text())
+    assert mean["title"] == "target (sources a+b)" and list(mean["rows"]) == ["c complete", "c random avg",
+                                                                                "c modality avg"]
+    maes = [r["domain"]["c modality avg"]["MAE"] for r in runs]
+    assert mean["rows"]["c modality avg"]["MAE"] == pytest.approx(sum(maes) / 2)
+    assert (out / "robustness_domain_std.csv").is_file()

@@ -36,3 +36,13 @@ def dashboard_study(storage: object, name: str) -> dict:
     studies = dashboard_get(storage, "/api/studies")["study_summaries"]
     (study_id,) = [s["study_id"] for s in studies if s["study_name"] == name]
     return dashboard_get(storage, f"/api/studies/{study_id}")
+
+DG_TINY = {  # tiny synthetic domains a, b, c (fsrf/data/_domains.py); c is the held-out target
+    "data": {"domains": ["a", "b", "c"], "target": "c", "domain_text_dims": [32, 24, 28],
+             "domain_audio_dims": [12, 8, 10], "domain_vision_dims": [16, 12, 14], "text_len": 8, "audio_len": 10,
+             "vision_len": 10, "synthetic_train": 40, "synthetic_valid": 16, "synthetic_test": 24},
+    "model": {"name": "midg", "hidden": 16, "heads": 2, "experts": 3, "adapter_dim": 4},
+    "missing": {"valid_rates": [0.0, 0.5]},
+    "optim": {"batch_size": 16},
+    "train": {"epochs": 1, "num_threads": 1},
+}

@@ -13,7 +13,7 @@ from typing import Any
 _PUBLIC = {
     # running a search
     "SearchOptions": "tuning._run", "run_search": "tuning._run", "experiment_path": "tuning._run",
-    "BEST_FILE": "tuning._run", "STATE_FILE": "tuning._run",
+    "BEST_FILE": "tuning._run", "STATE_FILE": "tuning._run", "SAMPLERS": "tuning._run", "check_sampler": "tuning._run",
     # a stored trial: its config, its place in the ranking, its training config and its writer
     "trial_config": "tuning._summary", "rank_order": "tuning._summary", "ranked_trials": "tuning._summary",
     "run_overrides": "tuning._summary", "trial_training_config": "tuning._summary",
@@ -39,6 +39,8 @@ __all__ = [  # noqa: RUF022 - grouped as _PUBLIC is
     "experiment_path",
     "BEST_FILE",
     "STATE_FILE",
+    "SAMPLERS",
+    "check_sampler",
     "trial_config",
     "rank_order",
     "ranked_trials",
