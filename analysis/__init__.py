@@ -24,12 +24,12 @@ from analysis._leaderboard import (
 from analysis._load import Experiment, load_experiment, load_experiments
 from analysis._optuna_bridge import open_storage, to_optuna
 
-_COMMANDS = {"final_main": "analysis._final", "compare_main": "analysis._compare"}
-"""The command lines behind ``fsrf final`` and ``fsrf compare``, loaded on first access."""
+_COMMANDS = {"compare_main": "analysis._compare"}
+"""The command line behind ``fsrf compare``, loaded on first access."""
 
 
 def __getattr__(name: str) -> Any:
-    """``final_main`` / ``compare_main``: imported when ``fsrf final`` / ``fsrf compare`` runs."""
+    """``compare_main``: imported when ``fsrf compare`` runs."""
     if name not in _COMMANDS:
         raise AttributeError(f"module 'analysis' has no attribute {name!r}")
     import importlib
@@ -45,7 +45,6 @@ __all__ = [
     "differing_params",
     "error_messages",
     "export_config",
-    "final_main",
     "leaderboard",
     "load_experiment",
     "load_experiments",

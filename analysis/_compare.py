@@ -262,9 +262,9 @@ def _final(config: Config, seeds: Sequence[int], out: Path, *, gpus_per_run: flo
 
     Without GPUs they train one after another here, the dataset loaded once; with
     ``gpus_per_run`` > 0 as Ray tasks asking for that many GPUs each, the dataset in Ray's
-    object store once (:func:`analysis._final.run_seeds`).
+    object store once (:func:`tuning.run_seeds`).
     """
-    from analysis._final import check_gpu_capacity, run_seeds, start_ray, train_and_evaluate
+    from tuning import check_gpu_capacity, run_seeds, start_ray, train_and_evaluate
 
     done: dict[int, dict[str, Any]] = {}
     todo = []
@@ -299,7 +299,7 @@ def _final(config: Config, seeds: Sequence[int], out: Path, *, gpus_per_run: flo
 
 def _check_gpus(options: CompareOptions) -> None:
     """A bad ``--gpus-per-run``, or more GPUs per run than any node has, fails before any work."""
-    from analysis._final import check_gpu_capacity, check_gpus_per_run, start_ray
+    from tuning import check_gpu_capacity, check_gpus_per_run, start_ray
 
     if check_gpus_per_run(options.gpus_per_run) == 0:
         return
@@ -330,7 +330,7 @@ def summarize(runs: dict[str, list[dict[str, Any]]], models: Sequence[str], *,
 
     Args:
         dg: ``{"target", "sources"}`` of a domain-generalisation comparison
-            (:func:`analysis._final.dg_info`): the runs then hold DG rows (``run["domain"]``), which
+            (:func:`tuning.dg_info`): the runs then hold DG rows (``run["domain"]``), which
             get a table of their own (``domain``) and paired tests on the target's complete row.
     """
     first = models[0]
@@ -390,7 +390,7 @@ def to_markdown(table: dict[str, Any], models: Sequence[str], seeds: Sequence[in
     lines = [f"# {title}", "", intro, ""]
     sections = [("random", "Random missing rates"), ("patterns", "Whole-modality missing")]
     if dg is not None:
-        from analysis._final import domain_title
+        from tuning import domain_title
 
         sections.append(("domain", domain_title(dg)))
     for key, heading in sections:
@@ -454,7 +454,7 @@ def figure(table: dict[str, Any], models: Sequence[str], path: Path) -> None:
 
 def run_compare(options: CompareOptions) -> dict[str, Any]:
     """Search (unless ``budget`` is 0), final-train and compare every model; write the outputs."""
-    from analysis._final import dg_info, with_domain
+    from tuning import dg_info, with_domain
 
     out = Path(options.out)
     base = _base(options)

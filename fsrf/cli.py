@@ -281,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tuning.cli import main as tune_main
 
         return tune_main(argv[1:], prog="fsrf tune")
-    if argv[:1] == ["final"]:  # final multi-seed training (analysis/_final.py; Ray only if used)
-        from analysis import final_main
+    if argv[:1] == ["final"]:  # final multi-seed training (tuning/_final.py, orchestration; Ray only if used)
+        from tuning import final_main
 
         return final_main(argv[1:])
     if argv[:1] == ["compare"]:  # equal-budget searches + final seeds per model (analysis/_compare.py)

@@ -28,10 +28,14 @@ _PUBLIC = {
     "is_uri": "tuning._remote", "resolve_uri": "tuning._remote",
     # a dataset as arrays (shipped to trials and final-training tasks through Ray's object store)
     "ALL_SPLITS": "tuning._shared_data", "from_arrays": "tuning._shared_data", "to_arrays": "tuning._shared_data",
-    # command lines behind `fsrf store` and `fsrf cluster`
-    "store_main": "tuning._store_repair", "cluster_main": "tuning._cluster",
+    # final multi-seed training (one model per seed, selected on validation, evaluated on test)
+    "train_and_evaluate": "tuning._final", "run_seeds": "tuning._final", "start_ray": "tuning._final",
+    "check_gpu_capacity": "tuning._final", "check_gpus_per_run": "tuning._final", "dg_info": "tuning._final",
+    "with_domain": "tuning._final", "domain_title": "tuning._final",
+    # command lines behind `fsrf final`, `fsrf store` and `fsrf cluster`
+    "final_main": "tuning._final", "store_main": "tuning._store_repair", "cluster_main": "tuning._cluster",
 }
-_RENAMED = {"resolve_uri": "resolve", "store_main": "main", "cluster_main": "main"}
+_RENAMED = {"resolve_uri": "resolve", "final_main": "main", "store_main": "main", "cluster_main": "main"}
 
 __all__ = [  # noqa: RUF022 - grouped as _PUBLIC is
     "SearchOptions",
@@ -61,6 +65,15 @@ __all__ = [  # noqa: RUF022 - grouped as _PUBLIC is
     "ALL_SPLITS",
     "from_arrays",
     "to_arrays",
+    "train_and_evaluate",
+    "run_seeds",
+    "start_ray",
+    "check_gpu_capacity",
+    "check_gpus_per_run",
+    "dg_info",
+    "with_domain",
+    "domain_title",
+    "final_main",
     "store_main",
     "cluster_main",
 ]

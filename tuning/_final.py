@@ -158,7 +158,7 @@ def _seed_task(config: Config, seed: int, out: str, data: dict[str, Any], gpus: 
     import ray
     import torch
 
-    from tuning import from_arrays
+    from tuning._shared_data import from_arrays
 
     if gpus > 0:
         device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
@@ -184,7 +184,7 @@ def run_seeds(config: Config, seeds: Sequence[int], out: Path, *, gpus_per_run: 
     """
     import ray
 
-    from tuning import ALL_SPLITS, to_arrays
+    from tuning._shared_data import ALL_SPLITS, to_arrays
 
     data = ray.put(to_arrays(load_dataset(config.data), splits=ALL_SPLITS))
     cpus = max(1, int(ray.available_resources().get("CPU", 1)) // len(seeds))
