@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import datetime
 import math
-import types
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsrf.constants import BEST_OBJECTIVE, COMPLETE_OBJECTIVE, FINAL_EPOCH, OBJECTIVE
+from tuning._lazy import lazy_class
 from tuning.space import SearchSpace
 
 JOURNAL_FILE = "optuna.journal"
@@ -165,20 +165,7 @@ if TYPE_CHECKING:
         ...
 
 
-def _callback_class() -> type:
-    from ray.tune import Callback
-
-    cls = types.new_class("OptunaJournalCallback", (_JournalHooks, Callback))
-    cls.__module__ = __name__
-    cls.__qualname__ = "OptunaJournalCallback"
-    cls.__doc__ = _JournalHooks.__doc__
-    return cls
-
-
 def __getattr__(name: str) -> Any:
     """``OptunaJournalCallback`` is built on first access: importing Ray costs a second."""
-    if name == "OptunaJournalCallback":
-        cls = _callback_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_class(globals(), name, wanted="OptunaJournalCallback", hooks=_JournalHooks,
+                      base="ray.tune.Callback")

@@ -15,13 +15,13 @@ not import Ray. ``fsrf tune`` always uses it; view with ``tensorboard --logdir <
 
 from __future__ import annotations
 
-import types
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fsrf import TensorBoardLog, write_hparams_config
 from fsrf.constants import EPOCH, FINAL_EPOCH, TENSORBOARD_DIR
+from tuning._lazy import lazy_class
 from tuning.space import SearchSpace
 
 # Ray's result keys that are not the trainer's epoch record (timings, ids, bookkeeping).
@@ -52,7 +52,7 @@ class _TensorBoardHooks:
         # Tune pickles its run config (tuner.pkl); open event files stay with this process.
         return {**self.__dict__, "_logs": {}}
 
-    def setup(self, *args: Any, **kwargs: Any) -> None:  # noqa: D102
+    def setup(self, *args: Any, **kwargs: Any) -> None:
         write_hparams_config(self.root, params=self.params)
 
     def _log(self, trial: Any, iteration: int) -> TensorBoardLog:
@@ -63,13 +63,13 @@ class _TensorBoardHooks:
             self._logs[trial.trial_id] = log
         return log
 
-    def log_trial_start(self, trial: Any) -> None:  # noqa: D102 - the log opens at the first result
+    def log_trial_start(self, trial: Any) -> None:
         return None
 
-    def log_trial_restore(self, trial: Any) -> None:  # noqa: D102
+    def log_trial_restore(self, trial: Any) -> None:
         return None
 
-    def log_trial_save(self, trial: Any) -> None:  # noqa: D102
+    def log_trial_save(self, trial: Any) -> None:
         return None
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict[str, Any]) -> None:
@@ -94,7 +94,7 @@ class _TensorBoardHooks:
         epochs = last.get(EPOCH, last.get("training_iteration"))
         log.end(status, epochs=int(epochs) if isinstance(epochs, int | float) else None)
 
-    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:  # noqa: D102
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
         for log in self._logs.values():
             log.close()
         self._logs.clear()
@@ -103,7 +103,7 @@ class _TensorBoardHooks:
 if TYPE_CHECKING:
     from ray.tune.logger import TBXLoggerCallback
 
-    class TensorBoardCallback(_TensorBoardHooks, TBXLoggerCallback):  # noqa: D101 - built by __getattr__ below
+    class TensorBoardCallback(_TensorBoardHooks, TBXLoggerCallback):
         ...
 
 
@@ -126,20 +126,7 @@ def tensorboard_root(experiment: str | Path) -> Path:
     return Path(experiment) / TENSORBOARD_DIR
 
 
-def _callback_class() -> type:
-    from ray.tune.logger import TBXLoggerCallback
-
-    cls = types.new_class("TensorBoardCallback", (_TensorBoardHooks, TBXLoggerCallback))
-    cls.__module__ = __name__
-    cls.__qualname__ = "TensorBoardCallback"
-    cls.__doc__ = _TensorBoardHooks.__doc__
-    return cls
-
-
 def __getattr__(name: str) -> Any:
     """``TensorBoardCallback`` is built on first access: importing Ray costs a second."""
-    if name == "TensorBoardCallback":
-        cls = _callback_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_class(globals(), name, wanted="TensorBoardCallback", hooks=_TensorBoardHooks,
+                      base="ray.tune.logger.TBXLoggerCallback")

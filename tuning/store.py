@@ -53,7 +53,6 @@ import re
 import signal
 import sys
 import time
-import types
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from fsrf.constants import FINAL_EPOCH
 from tuning import _store_read
+from tuning._lazy import lazy_class
 from tuning._remote import MIRROR_PERIOD_S, is_uri, mirror, store_copy
 from tuning._store_read import STATUS, read_attempts, read_base_config, store_root
 from tuning._store_write import (
@@ -364,21 +364,8 @@ if TYPE_CHECKING:
         ...
 
 
-def _callback_class() -> type:
-    from ray.tune import Callback
-
-    cls = types.new_class("ArrowStoreCallback", (_StoreHooks, Callback))
-    cls.__module__ = __name__
-    cls.__qualname__ = "ArrowStoreCallback"
-    cls.__doc__ = _StoreHooks.__doc__
-    return cls
-
-
 def __getattr__(name: str) -> Any:
     """``ArrowStoreCallback`` is built on first access: importing Ray costs a second."""
-    if name == "ArrowStoreCallback":
-        cls = _callback_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return lazy_class(globals(), name, wanted="ArrowStoreCallback", hooks=_StoreHooks,
+                      base="ray.tune.Callback")
 
