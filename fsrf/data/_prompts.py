@@ -223,17 +223,27 @@ def synthetic_prompts(data: Mapping[str, Mapping[str, Any]], *, seed: int = 0,
         split = data[name]
         score = design(split) @ coef
         cue = np.digitize(score + cue_noise * rng.standard_normal(score.shape[0]), _CUE_EDGES)
-        side = rng.integers(0, 2, size=score.shape[0])
-        fill = rng.integers(0, len(_FILLER), size=(score.shape[0], 6))
-        for i, key in enumerate(split["id"]):
-            video, _, clip = str(key).rpartition(ID_SEPARATOR)
-            words = [_FILLER[j] for j in fill[i]]
-            visual, language = " ".join(words[:3]), " ".join(words[3:])
-            if side[i]:
-                visual += f", the face looks {CUES[cue[i]]}"
-            else:
-                language += f", the words sound {CUES[cue[i]]}"
-            rows.append((video, clip, name, f"1. Visual cues: {visual}. 2. Language cues: {language}."))
+        rows += _rows(split, name, rng, visual=[f", the face looks {CUES[c]}" for c in cue],
+                      language=[f", the words sound {CUES[c]}" for c in cue])
+    return rows
+
+
+def _rows(split: Mapping[str, Any], name: str, rng: np.random.Generator, *, visual: list[str],
+          language: list[str]) -> list[tuple[str, str, str, str]]:
+    """One split's prompt rows: each sample's cue phrase (``visual[i]`` or ``language[i]``, the
+    side drawn at random) among random filler words, in MMSLF's two-part layout."""
+    side = rng.integers(0, 2, size=len(visual))
+    fill = rng.integers(0, len(_FILLER), size=(len(visual), 6))
+    rows = []
+    for i, key in enumerate(split["id"]):
+        video, _, clip = str(key).rpartition(ID_SEPARATOR)
+        words = [_FILLER[j] for j in fill[i]]
+        seen, heard = " ".join(words[:3]), " ".join(words[3:])
+        if side[i]:
+            seen += visual[i]
+        else:
+            heard += language[i]
+        rows.append((video, clip, name, f"1. Visual cues: {seen}. 2. Language cues: {heard}."))
     return rows
 
 
@@ -243,20 +253,8 @@ def _window_prompts(data: Mapping[str, Mapping[str, Any]], rng: np.random.Genera
 
     rows = []
     for name in SPLITS:
-        split = data[name]
-        window = np.asarray(split["cue_window"])
-        side = rng.integers(0, 2, size=window.shape[0])
-        fill = rng.integers(0, len(_FILLER), size=(window.shape[0], 6))
-        for i, key in enumerate(split["id"]):
-            video, _, clip = str(key).rpartition(ID_SEPARATOR)
-            words = [_FILLER[j] for j in fill[i]]
-            visual, language = " ".join(words[:3]), " ".join(words[3:])
-            phrase = f", the feeling shows {WINDOWS[int(window[i])]} in the clip"
-            if side[i]:
-                visual += phrase
-            else:
-                language += phrase
-            rows.append((video, clip, name, f"1. Visual cues: {visual}. 2. Language cues: {language}."))
+        phrases = [f", the feeling shows {WINDOWS[int(w)]} in the clip" for w in np.asarray(data[name]["cue_window"])]
+        rows += _rows(data[name], name, rng, visual=phrases, language=phrases)
     return rows
 
 
