@@ -34,6 +34,12 @@ never reached), mean and SD of each test metric, and per-seed paired differences
 issue's two targets. With ``--out``, a figure is written beside the JSON (``.png``): median
 best-so-far curves per method and a dot plot of test High MAE per method.
 
+With ``--out``, every finished search (its curve and chosen config) and every final run is also
+appended, one JSON line each, to ``<out>.runs.jsonl`` as it ends. Running the same command again
+after a stop (a kill, a full session) reuses those lines and runs only what is missing; a file
+written with other settings is refused with one line. The work goes seed by seed (each seed's
+searches, then their final runs), so a stopped run holds whole seeds.
+
 Optuna's TPE draws its first 10 trials at random, from the same seed as the random sampler: at
 a budget of fewer trials TPE + ASHA differs from random + FIFO only by ASHA's stopping.
 """
@@ -44,6 +50,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import statistics
 import sys
 import tempfile
@@ -58,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _search_runs import ROOT, SPACE, base_options, results_in_time_order, run_quietly
 from ablation import run_one
 
-from fsrf import FSRFError, load_config, with_overrides
+from fsrf import FSRFError, config_from_dict, config_to_dict, load_config, with_overrides
 from fsrf._yaml import parse_overrides
 from tuning._store_write import STORE_DIR
 from tuning._summary import trial_config
@@ -137,6 +144,53 @@ def run_method(method: str, seed: int, args: argparse.Namespace, tmp: Path, spac
                        "missing.simulator": config.missing.simulator,
                        "replay_rates": list(config.curriculum.replay_rates)},
             "config": config}
+
+
+def final_config(raw: dict[str, Any], final_seed: int) -> Any:
+    """A searched method's chosen config (as stored) for one final training run, on one thread."""
+    return with_overrides(config_from_dict(raw, source="chosen config"),
+                          {"train.seed": final_seed, "train.num_threads": 1})
+
+
+def append_line(path: Path | None, record: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it, so a stopped run keeps every finished search and final run."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def load_runs(path: Path | None, settings: dict[str, Any]) -> tuple[dict, dict]:
+    """The searches and final runs a stopped run of the same settings already wrote (``<out>.runs.jsonl``).
+
+    Raises:
+        FSRFError: the file was written with other settings (a different budget, data or seeds).
+    """
+    searched: dict[tuple[str, int], dict[str, Any]] = {}
+    finals: dict[tuple[str, int, int], dict[str, Any]] = {}
+    if path is None or not path.exists():
+        return searched, finals
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):  # a torn last line (a kill mid-write): that record is redone
+                break
+            raise FSRFError(f"{path}:{number}: not a JSON line") from None
+        if "settings" in record:
+            if record["settings"] != settings:
+                changed = sorted(k for k in settings if record["settings"].get(k) != settings[k])
+                raise FSRFError(f"{path}: written with other settings ({', '.join(changed)}); "
+                                "expected the same as this run, or pass another --out")
+        elif "search" in record:
+            searched[(record["method"], record["seed"])] = record["search"]
+        else:
+            finals[(record["method"], record["seed"], record["final_seed"])] = record["final"]
+    return searched, finals
 
 
 def _stats(values: list[float]) -> dict[str, float | None]:
@@ -258,52 +312,67 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     budget = args.trials * args.epochs
     started = time.perf_counter()
-    report: dict[str, Any] = {
+    settings = {
         "config": str(CONFIG.relative_to(ROOT)), "budget_trial_epochs": budget, "trials": args.trials,
-        "epochs": args.epochs, "search_seeds": args.seeds, "final_seeds": args.final_seeds,
-        "pool_factor": args.pool_factor, "perturbation_interval": args.perturbation_interval, "perturb": args.perturb, "overrides": args.set,
-        **({"note": args.note} if args.note else {}), "quick": args.quick, "metric": "valid/robust/MAE (min)", "methods": {m: {} for m in methods},
+        "epochs": args.epochs, "final_seeds": args.final_seeds, "pool_factor": args.pool_factor,
+        "perturbation_interval": args.perturbation_interval, "perturb": args.perturb, "overrides": args.set,
+        "quick": args.quick, "metric": "valid/robust/MAE (min)",
     }
-    configs: dict[tuple[str, int], Any] = {}
+    report: dict[str, Any] = {**settings, "search_seeds": args.seeds, **({"note": args.note} if args.note else {}),
+                              "methods": {m: {} for m in methods}}
+    runs_path = args.out.with_suffix(".runs.jsonl") if args.out is not None else None
+    try:
+        searched, finals = load_runs(runs_path, settings)
+    except FSRFError as err:
+        print(f"search_efficiency: error: {err}", file=sys.stderr)
+        return 2
+    if runs_path is not None and not runs_path.exists():
+        append_line(runs_path, {"settings": settings})
     with tempfile.TemporaryDirectory(prefix="fsrf-search-eff-") as tmp_name:
         tmp = Path(tmp_name)
         space = recovery_space(tmp)
+        ctx = multiprocessing.get_context("spawn")
         for seed in args.seeds:
             for method in methods:
+                if (method, seed) in searched:
+                    continue
                 try:
                     run = run_method(method, seed, args, tmp, space)
                 except Exception as err:  # noqa: BLE001 (one failed search (e.g. all trials errored) is reported, not fatal)
-                    report["methods"][method][str(seed)] = {"error": f"{type(err).__name__}: {err}"}
+                    run = {"error": f"{type(err).__name__}: {err}"}
                     print(f"search_efficiency: {method} seed {seed}: {err}", file=sys.stderr)
-                    continue
-                configs[(method, seed)] = run.pop("config")
-                report["methods"][method][str(seed)] = run
-                print(f"search_efficiency: {method} seed {seed}: {run['search_seconds']} s", file=sys.stderr)
-            random_runs = report["methods"][BASELINE].get(str(seed), {})
-            target = random_runs["curve"][-1] if "curve" in random_runs else None
-            for method in methods:
-                run = report["methods"][method][str(seed)]
-                if "curve" in run:
-                    run["fraction_reaching_random_final"] = reached_fraction(run["curve"], target, budget)
-        ctx = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
-            jobs = {(m, s, f): pool.submit(run_one, with_overrides(c, {"train.seed": f, "train.num_threads": 1}),
-                                           str(tmp / "final" / f"{m}-{s}-{f}"))
-                    for (m, s), c in configs.items() for f in args.final_seeds}
-            done = {}
-            for key, job in jobs.items():
-                try:
-                    done[key] = job.result()
-                except Exception as err:  # noqa: BLE001 (a failed final run is reported, not fatal)
-                    done[key] = {"error": f"{type(err).__name__}: {err}"}
-    for method, seed in configs:
-        finals = [done[(method, seed, f)] for f in args.final_seeds]
-        ok = [r for r in finals if "error" not in r]
-        run = report["methods"][method][str(seed)]
-        run["final"] = {str(f): ({k: r[k] for k in (*TEST, "valid_objective", "best_epoch")} if "error" not in r
-                                 else r) for f, r in zip(args.final_seeds, finals)}
-        if len(ok) == len(finals):
-            run["test"] = {m: statistics.fmean(r[m] for r in ok) for m in TEST}
+                else:
+                    run["config"] = config_to_dict(run["config"])
+                    print(f"search_efficiency: {method} seed {seed}: {run['search_seconds']} s", file=sys.stderr)
+                searched[(method, seed)] = run
+                append_line(runs_path, {"method": method, "seed": seed, "search": run})
+            todo = [(m, seed, f) for m in methods if "config" in searched[(m, seed)] for f in args.final_seeds
+                    if (m, seed, f) not in finals]
+            with futures.ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
+                jobs = {(m, s, f): pool.submit(run_one, final_config(searched[(m, s)]["config"], f),
+                                               str(tmp / "final" / f"{m}-{s}-{f}")) for m, s, f in todo}
+                for (m, s, f), job in jobs.items():
+                    try:
+                        result = job.result()
+                        result = {k: result[k] for k in (*TEST, "valid_objective", "best_epoch")}
+                    except Exception as err:  # noqa: BLE001 (a failed final run is reported, not fatal)
+                        result = {"error": f"{type(err).__name__}: {err}"}
+                    finals[(m, s, f)] = result
+                    append_line(runs_path, {"method": m, "seed": s, "final_seed": f, "final": result})
+    for seed in args.seeds:
+        random_run = searched.get((BASELINE, seed), {})
+        target = random_run["curve"][-1] if "curve" in random_run else None
+        for method in methods:
+            if (method, seed) not in searched:
+                continue
+            run = {k: v for k, v in searched[(method, seed)].items() if k != "config"}
+            if "curve" in run:
+                run["fraction_reaching_random_final"] = reached_fraction(run["curve"], target, budget)
+                got = [finals.get((method, seed, f)) for f in args.final_seeds]
+                run["final"] = {str(f): r for f, r in zip(args.final_seeds, got) if r is not None}
+                if all(r is not None and "error" not in r for r in got):
+                    run["test"] = {m: statistics.fmean(r[m] for r in got) for m in TEST}
+            report["methods"][method][str(seed)] = run
     report.update(summarise(report["methods"], args.seeds, budget))
     report["targets"] = targets(report["summary"])
     report["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -152,9 +154,13 @@ TINY_SEARCH = ["--set", "data.synthetic_train=160", "--set", "data.synthetic_val
 
 
 @pytest.mark.slow
-def test_a_pbt_search_records_followed_schedules_and_best_yaml_replays_the_winners(tmp_path: Path) -> None:
-    """Population 2, 4 epochs, perturbed every 2: synchronous PBT exploits once (the worse of the
-    two at epoch 2), so one trial's followed schedule starts with the other's epochs."""
+@pytest.mark.parametrize("scheduler", ["pbt", "pb2"])
+def test_a_population_search_records_followed_schedules_and_best_yaml_replays_the_winners(
+    scheduler: str, tmp_path: Path
+) -> None:
+    """Population 2, 4 epochs, perturbed every 2: synchronous PBT (and PB2, which explores with a
+    GP instead of random perturbation) exploits once (the worse of the two at epoch 2), so one
+    trial's followed schedule starts with the other's epochs."""
     import yaml
 
     from tuning._pbt import followed_schedules
@@ -164,7 +170,7 @@ def test_a_pbt_search_records_followed_schedules_and_best_yaml_replays_the_winne
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
     try:
         run = subprocess.run(
-            [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", "--scheduler", "pbt", "--population", "2",
+            [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", "--scheduler", scheduler, "--population", "2",
              "--perturbation-interval", "2", "--perturb", "optim.lr", "--max-epochs", "4", "--seed", "1",
              "--storage", str(tmp_path), "--name", "pbt", *TINY_SEARCH],
             cwd=ROOT, env=env, capture_output=True, text=True, timeout=540, check=False,
@@ -201,3 +207,59 @@ def test_a_pbt_search_records_followed_schedules_and_best_yaml_replays_the_winne
     index = write_report(exp, tmp_path / "report")  # the report draws the learned schedules
     assert (tmp_path / "report" / "1-pbt-schedules.png").stat().st_size > 0
     assert "1-pbt-schedules.png" in index.read_text()
+
+
+@pytest.mark.slow
+def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_path: Path) -> None:
+    """SIGKILL the driver (and its Ray) once results are in, then ``--resume``: both trials end
+    with 6 epochs, every followed schedule is whole (6 rates), no (trial, epoch) result is stored
+    twice, and best.yaml replays the winner's schedule."""
+    import psutil
+
+    from tuning._pbt import followed_schedules
+    from tuning.store import read_results, read_trials
+
+    ray_tmp = tempfile.mkdtemp(prefix="fq", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    exp = tmp_path / "pbt"
+    args = [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2"]
+    try:
+        proc = subprocess.Popen(
+            [*args, "--scheduler", "pbt", "--population", "2", "--perturbation-interval", "2", "--max-epochs", "6",
+             "--seed", "1", "--storage", str(tmp_path), "--name", "pbt", *TINY_SEARCH],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # past the first perturbation (epoch 2 of both trials)
+            assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
+            try:
+                if read_results(exp / "store").num_rows >= 5:
+                    break
+            except Exception:  # noqa: BLE001 - the store does not exist yet
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("the search produced too few results before the deadline")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for child in psutil.process_iter(["cmdline"]):  # the Ray processes the killed driver left
+            try:
+                if any(ray_tmp in part for part in child.info["cmdline"] or []):
+                    child.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        before = read_results(exp / "store").num_rows
+        resumed = subprocess.run([*args, "--name", "pbt", "--storage", str(tmp_path), "--resume"], cwd=ROOT, env=env,
+                                 capture_output=True, text=True, timeout=540, check=False)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = read_trials(exp / "store").to_pylist()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"COMPLETE"}
+    results = read_results(exp / "store")
+    pairs = list(zip(results.column("trial_id").to_pylist(), results.column("iteration").to_pylist()))
+    assert len(pairs) == len(set(pairs)) >= before
+    schedules = followed_schedules(exp / "store")
+    assert set(schedules) == {t["trial_id"] for t in trials}
+    assert all(len(s["rate"]) == 6 for s in schedules.values()), schedules
+    best = load_config(exp / "best.yaml")
+    assert best.curriculum.kind == "replay" and best.train.epochs == 6
