@@ -234,7 +234,7 @@ def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_pat
             try:
                 if read_results(exp / "store").num_rows >= 5:
                     break
-            except Exception:  # noqa: BLE001 - the store does not exist yet
+            except Exception:  # noqa: BLE001, S110 - the store does not exist yet
                 pass
             time.sleep(0.5)
         else:
