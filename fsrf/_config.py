@@ -12,7 +12,9 @@ build a new one.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -172,7 +174,13 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class CurriculumConfig:
-    """The training missing rate (maximum per-sample rate) as a function of the epoch."""
+    """The training missing rate (maximum per-sample rate) as a function of the epoch.
+
+    A ``replay`` curriculum may also set other fields per segment (``replay_fields``,
+    ``replay_values``; see :meth:`replayed_at`): loss weights and the optimiser's learning rates
+    and weight decay, as a population-based search's winner followed them (``fsrf.train`` checks
+    which fields may be replayed and applies them at each epoch's start).
+    """
 
     kind: str = "linear"
     start: float = 0.0
@@ -185,6 +193,8 @@ class CurriculumConfig:
     patience: int = 2
     replay_epochs: tuple[int, ...] = ()
     replay_rates: tuple[float, ...] = ()
+    replay_fields: tuple[str, ...] = ()
+    replay_values: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _one_of(self.kind, "kind", CURRICULUM_KINDS)
@@ -192,6 +202,28 @@ class CurriculumConfig:
         _unit(self.end, "end")
         _check(self.start <= self.end, "start", f"{self.start} exceeds curriculum.end={self.end}")
         self.build()  # the chosen kind checks its own parameters
+        if self.replay_fields or self.replay_values:
+            _check(self.kind == "replay", "replay_fields", f"needs curriculum.kind: replay, not {self.kind!r}")
+            _check(len(set(self.replay_fields)) == len(self.replay_fields), "replay_fields",
+                   f"{list(self.replay_fields)} names a field twice")
+            want = len(self.replay_epochs) * len(self.replay_fields)
+            _check(len(self.replay_values) == want, "replay_values",
+                   f"{len(self.replay_values)} values, expected {want}: one per replay_fields entry "
+                   f"({len(self.replay_fields)}) for each of the {len(self.replay_epochs)} replay_epochs")
+            for i, value in enumerate(self.replay_values):
+                _check(math.isfinite(value), "replay_values", f"[{i}] is {value}, expected a finite number")
+
+    def replayed_at(self, epoch: int) -> dict[str, float]:
+        """The ``replay_fields`` values of the segment that holds ``epoch`` (from 0); ``{}`` if none.
+
+        ``replay_values`` lists them segment by segment: ``replay_values[i * F + j]`` is field ``j``
+        (of F) from ``replay_epochs[i]`` on (before the first point, the first segment's).
+        """
+        if not self.replay_fields:
+            return {}
+        width = len(self.replay_fields)
+        segment = max(0, bisect.bisect_right(self.replay_epochs, epoch) - 1)
+        return dict(zip(self.replay_fields, self.replay_values[segment * width:(segment + 1) * width]))
 
     def build(self) -> BaseCurriculum:
         """The curriculum object of ``kind``, from the parameters that kind reads."""

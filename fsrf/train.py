@@ -17,6 +17,7 @@ The loop knows nothing of any tuner: a tuner passes ``report``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import numbers
@@ -29,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from fsrf._checkpoint import checkpoint_config, load_checkpoint, load_weights, save_checkpoint
-from fsrf._config import Config, config_to_dict, flatten_config
+from fsrf._config import Config, config_to_dict, flatten_config, with_overrides
 from fsrf._constants import (
     BEST_CHECKPOINT,
     BEST_OBJECTIVE,
@@ -133,6 +134,41 @@ def _check_retune(config: Config, retune: Collection[str]) -> tuple[str, ...]:
     return tuple(retune)
 
 
+def _check_replay(config: Config) -> tuple[str, ...]:
+    """``curriculum.replay_fields``, checked as :func:`_check_retune` checks retuned fields; a model
+    field (a loss weight) must keep the sign of the config's value in every segment, since a model
+    may skip computing a term whose weight is 0."""
+    fields = config.curriculum.replay_fields
+    if not fields:
+        return ()
+    flat = flatten_config(config)
+    for key in fields:
+        if key not in flat or key.startswith("curriculum.") or not key.startswith(RETUNABLE_PREFIXES) or (
+                key.startswith("model.") and not isinstance(flat[key], float)):
+            raise FSRFError(f"curriculum.replay_fields: {key!r} cannot be replayed; expected a loss weight of the "
+                            "model section or optim.lr/text_lr/weight_decay")
+    for epoch in config.curriculum.replay_epochs:
+        for key, value in config.curriculum.replayed_at(epoch).items():
+            if key.startswith("model.") and (value > 0) != (flat[key] > 0):
+                raise FSRFError(f"curriculum.replay_values: {key} is {value} from epoch {epoch} but {flat[key]} in "
+                                "the config; a replayed weight must stay 0 or stay > 0 (a model skips 0-weight terms)")
+    for epoch in config.curriculum.replay_epochs:  # every value within its field's own bounds
+        with_overrides(config, config.curriculum.replayed_at(epoch), source="curriculum.replay_values")
+    return fields
+
+
+def _replay_epoch(ctx: EpochContext, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR,
+                  config: Config, epoch: int) -> tuple[EpochContext, dict[str, float]]:
+    """Set the replayed fields' values of ``epoch``: the loss weights of the context and the
+    optimiser's learning rates or weight decay (as a population-based search's resume set them)."""
+    values = config.curriculum.replayed_at(epoch)
+    if not values:
+        return ctx, {}
+    segment = with_overrides(config, values, source="curriculum.replay_values")
+    _retune_optimizer(optimizer, scheduler, segment, tuple(values))
+    return dataclasses.replace(ctx, weights=segment.model.weights()), {retuned_key(k): float(v) for k, v in values.items()}
+
+
 def _check_resume_config(config: Config, stored: Config, source: str, retune: Collection[str] = ()) -> None:
     """A resumed run must use the stored config; only ``train.epochs`` may grow, and the
     ``retune`` fields may change (a population-based search perturbs them between epochs)."""
@@ -207,6 +243,7 @@ def train(
     """
     tc = config.train
     retune = _check_retune(config, retune)
+    _check_replay(config)
     device = resolve_device(tc.device)
     check_precision(device, tc.precision)
     with run_settings(device, tf32=tc.tf32, deterministic=tc.deterministic):
@@ -306,6 +343,7 @@ def _train(
     try:
         for epoch in bar:
             rate = float(curriculum.rate(epoch))
+            ctx, replayed = _replay_epoch(ctx, optimizer, scheduler, config, epoch)
             epoch_hook(ctx, epoch=epoch, end=False)
             losses = train_epoch(ctx, optimizer, scheduler, epoch=epoch + 1, max_rate=rate)
             epoch_hook(ctx, epoch=epoch, end=True)
@@ -329,6 +367,7 @@ def _train(
                 TRAIN_RATE: rate,
                 LEARNING_RATE: float(optimizer.param_groups[0]["lr"]),
                 **retuned,
+                **replayed,
                 **{loss_key(k): v for k, v in losses.items()},
                 **metrics,
                 OBJECTIVE: objective,

@@ -122,7 +122,78 @@ def test_followed_schedule_columns_round_trip_to_a_replay_curriculum() -> None:
     assert schedule == {"rate": [0.5, 0.5, 0.6], "optim.lr": [1e-3, 1e-3, 8e-4]}
     assert replay_overrides(schedule["rate"]) == {
         "curriculum.kind": "replay", "curriculum.replay_epochs": [0, 2], "curriculum.replay_rates": [0.5, 0.6]}
-    assert winner_overrides(schedule)["optim.lr"] == 8e-4
+    assert winner_overrides(schedule) == {
+        "curriculum.kind": "replay", "curriculum.replay_epochs": [0, 2], "curriculum.replay_rates": [0.5, 0.6],
+        "curriculum.replay_fields": ["optim.lr"], "curriculum.replay_values": [1e-3, 8e-4], "optim.lr": 1e-3}
+    # a segment starts where any field changes, not only the rate
+    both = replay_overrides([0.5, 0.5, 0.5], {"optim.lr": [1e-3, 5e-4, 5e-4], "model.distill": [1.0, 1.0, 2.0]})
+    assert both["curriculum.replay_epochs"] == [0, 1, 2] and both["curriculum.replay_rates"] == [0.5] * 3
+    assert both["curriculum.replay_fields"] == ["model.distill", "optim.lr"]
+    assert both["curriculum.replay_values"] == [1.0, 1e-3, 1.0, 5e-4, 2.0, 5e-4]
+
+
+def test_a_replayed_schedule_trains_exactly_as_the_perturbed_resume_it_replays(
+    tiny_config: Config, tiny_dataset: MultimodalDataset, tmp_path: Path
+) -> None:
+    """What a population-based search did (train 2 epochs, stop, resume with a perturbed rate,
+    learning rate and loss weight) and its ``replay`` in one uninterrupted run give the same
+    epochs, loss for loss."""
+    fields = ("curriculum.end", "optim.lr", "model.distill")
+    first = with_overrides(tiny_config, {"curriculum.kind": "constant", "curriculum.end": 0.3, "train.epochs": 4,
+                                         "optim.lr": 3e-3, "model.distill": 1.0})
+
+    class Pause(Exception):
+        pass
+
+    def pause_after_two(metrics: dict, _checkpoint: object) -> None:
+        if metrics["epoch"] == 2.0:
+            raise Pause
+
+    with pytest.raises(Pause):
+        train(first, dataset=tiny_dataset, out_dir=tmp_path / "pbt", report=pause_after_two, tensorboard=False,
+              retune=fields)
+    later = with_overrides(first, {"curriculum.end": 0.6, "optim.lr": 1e-3, "model.distill": 0.4})
+    resumed = train(later, dataset=tiny_dataset, resume_from=tmp_path / "pbt" / "last.pt", retune=fields).history
+
+    followed = {"rate": [r[TRAIN_RATE] for r in resumed],
+                **{k: [r[retuned_key(k)] for r in resumed] for k in ("optim.lr", "model.distill")}}
+    replay = with_overrides(first, winner_overrides(followed))
+    assert replay.curriculum.replay_epochs == (0, 2) and replay.optim.lr == 3e-3
+    replayed = train(replay, dataset=tiny_dataset).history
+    for a, b in zip(resumed, replayed, strict=True):
+        for key in (TRAIN_RATE, LEARNING_RATE, retuned_key("optim.lr"), retuned_key("model.distill"), "objective"):
+            assert a[key] == b[key], (a["epoch"], key)
+        assert {k: v for k, v in a.items() if k.startswith("train/loss/")} == \
+            {k: v for k, v in b.items() if k.startswith("train/loss/")}
+
+
+@pytest.mark.parametrize(("changes", "needle"), [
+    ({"curriculum.replay_fields": ["optim.lr"], "curriculum.replay_values": [1e-3]}, "needs curriculum.kind"),
+    ({"curriculum.kind": "replay", "curriculum.replay_epochs": [0, 2], "curriculum.replay_rates": [0.1, 0.2],
+      "curriculum.replay_fields": ["optim.lr"], "curriculum.replay_values": [1e-3]}, "expected 2"),
+    ({"curriculum.kind": "replay", "curriculum.replay_epochs": [0], "curriculum.replay_rates": [0.1],
+      "curriculum.replay_fields": ["optim.lr", "optim.lr"], "curriculum.replay_values": [1e-3, 1e-3]}, "twice"),
+])
+def test_bad_replayed_fields_are_refused_when_the_config_is_built(tiny_config: Config, changes: dict,
+                                                                   needle: str) -> None:
+    with pytest.raises(FSRFError, match=needle):
+        with_overrides(tiny_config, changes)
+
+
+@pytest.mark.parametrize(("fields", "values", "needle"), [
+    (["model.hidden"], [16], "model.hidden"),
+    (["train.seed"], [3], "train.seed"),
+    (["curriculum.end"], [0.5], "curriculum.end"),
+    (["model.distill"], [0.0], "stay 0 or stay > 0"),
+    (["optim.lr"], [-1.0], "optim.lr"),
+])
+def test_train_refuses_fields_that_cannot_be_replayed(tiny_config: Config, tiny_dataset: MultimodalDataset,
+                                                      fields: list, values: list, needle: str) -> None:
+    config = with_overrides(tiny_config, {"curriculum.kind": "replay", "curriculum.replay_epochs": [0],
+                                          "curriculum.replay_rates": [0.2], "curriculum.replay_fields": fields,
+                                          "curriculum.replay_values": values})
+    with pytest.raises(FSRFError, match=needle):
+        train(config, dataset=tiny_dataset)
 
 
 # -- bad inputs -----------------------------------------------------------------------------------------
@@ -199,7 +270,8 @@ def test_a_population_search_records_followed_schedules_and_best_yaml_replays_th
     best_trial = yaml.safe_load((exp / "best.yaml").read_text())["provenance"]["trial_id"]
     curriculum = best.curriculum.build()
     assert [curriculum.rate(e) for e in range(4)] == schedules[best_trial]["rate"]
-    assert best.optim.lr == schedules[best_trial]["optim.lr"][-1]
+    assert best.curriculum.replay_fields == ("optim.lr",)  # the learning rate is replayed epoch by epoch too
+    assert [best.curriculum.replayed_at(e)["optim.lr"] for e in range(4)] == schedules[best_trial]["optim.lr"]
     assert best.train.epochs == 4
 
     from analysis._report import write_report

@@ -275,28 +275,38 @@ def followed_schedules(store: Any) -> dict[str, dict[str, list[float]]]:
     return schedules
 
 
-def replay_overrides(rates: Sequence[float]) -> dict[str, Any]:
-    """The config values of a ``replay`` curriculum that follows ``rates`` (one per epoch from 1).
+def replay_overrides(rates: Sequence[float], others: Mapping[str, Sequence[float]] | None = None) -> dict[str, Any]:
+    """The config values of a ``replay`` curriculum that follows ``rates`` (one per epoch from 1)
+    and, per epoch too, each field in ``others`` (``curriculum.replay_fields``/``replay_values``).
+
+    A segment starts wherever the rate or any other field changes. Each other field's own config
+    value is its first epoch's (the value training starts with).
 
     Raises:
-        FSRFError: no rates.
+        FSRFError: no rates, or another field with a different number of epochs.
     """
     if not rates:
         raise FSRFError("followed schedule: no rates to replay")
-    epochs, values = [0], [float(rates[0])]
-    for epoch, rate in enumerate(rates[1:], 1):
-        if float(rate) != values[-1]:
-            epochs.append(epoch)
-            values.append(float(rate))
-    return {"curriculum.kind": "replay", "curriculum.replay_epochs": epochs, "curriculum.replay_rates": values}
+    others = dict(others or {})
+    for name, values in others.items():
+        if len(values) != len(rates):
+            raise FSRFError(f"followed schedule: {len(values)} values of {name} for {len(rates)} epochs of rates")
+    fields = sorted(others)
+    rows = [(float(rates[e]), *(float(others[f][e]) for f in fields)) for e in range(len(rates))]
+    epochs = [e for e in range(len(rows)) if e == 0 or rows[e] != rows[e - 1]]
+    overrides: dict[str, Any] = {"curriculum.kind": "replay", "curriculum.replay_epochs": epochs,
+                                 "curriculum.replay_rates": [rows[e][0] for e in epochs]}
+    if fields:
+        overrides["curriculum.replay_fields"] = fields
+        overrides["curriculum.replay_values"] = [v for e in epochs for v in rows[e][1:]]
+        overrides.update({f: float(others[f][0]) for f in fields})
+    return overrides
 
 
 def winner_overrides(schedule: Mapping[str, Sequence[float]]) -> dict[str, Any]:
-    """Config values that make ``fsrf train`` follow a trial's schedule: its rates as a ``replay``
-    curriculum, and each other perturbed field at its last value (a config holds one value)."""
-    overrides = replay_overrides(schedule[RATE])
-    overrides.update({name: float(values[-1]) for name, values in schedule.items() if name != RATE})
-    return overrides
+    """Config values that make ``fsrf train`` follow a trial's schedule: its rates and every other
+    perturbed field, epoch by epoch, as a ``replay`` curriculum."""
+    return replay_overrides(schedule[RATE], {name: values for name, values in schedule.items() if name != RATE})
 
 
 __all__ = [

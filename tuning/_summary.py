@@ -71,7 +71,7 @@ def trial_training_config(trial: Mapping[str, Any], *, space: SearchSpace, optio
     """The complete training config a stored trial ran with (minus its device and thread count).
 
     A trial of a population-based search (pbt, pb2) gets the schedule it followed: its rates per
-    epoch as a ``replay`` curriculum, each other perturbed field at its last value.
+    epoch as a ``replay`` curriculum, each other perturbed field epoch by epoch with it.
     """
     from tuning._pbt import RATE, schedule_of, winner_overrides
 
@@ -142,7 +142,7 @@ def write_best(
 
     For a population-based search (``population``), the winner is the trial whose followed
     schedule ended best (:func:`population_winner`), and its config replays that schedule: its
-    rates per epoch as a ``replay`` curriculum, each other perturbed field at its last value.
+    rates per epoch as a ``replay`` curriculum, each other perturbed field epoch by epoch with it.
     """
     if population:
         best = population_winner(store, mode=space.mode)
