@@ -203,9 +203,16 @@ def _model_base(base: Config, entry: str) -> Config:
 
 def _write_space(entry: str, base_file: Path) -> Path:
     """Write the search space of a ``--models`` entry next to its ``base_file``: its model's shipped
-    space on that base, the entry's fixed overrides held fixed; returns its path."""
+    space on that base, the entry's fixed overrides held fixed; returns its path.
+
+    The comparison's config owns the data: a shipped space's fixed ``data.*`` values (e.g. mmslf's
+    ``data.prompts``, for running that space on its own) are left out, so every model is searched
+    on the data (and prompt file) it is compared on.
+    """
     model, overrides = _model_of(entry)
-    raw = hold_fixed(read_yaml(space_file(model)), overrides)
+    shipped = read_yaml(space_file(model))
+    shipped["fixed"] = {k: v for k, v in (shipped.get("fixed") or {}).items() if not k.startswith("data.")}
+    raw = hold_fixed(shipped, overrides)
     raw["base"] = base_file.name
     space = base_file.parent / "space.yaml"
     atomic_write_text(space, yaml.safe_dump(raw, sort_keys=False))

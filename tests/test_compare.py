@@ -133,13 +133,18 @@ def test_plain_mixed_is_plain_trained_with_the_mixed_simulator(tiny_yaml, tmp_pa
     assert load_config(out / "plain" / "chosen.yaml").missing.simulator != "mixed"
 
 
-@pytest.mark.slow  # 3 models x 2 seeds x 2 epochs at their own synthetic defaults, on 48 samples
-def test_compare_without_search_runs_the_models_that_need_side_inputs_and_hooks(tmp_path, capsys) -> None:
-    """hme (a neighbour bank), dashfusion (TrainBatch.index, epoch hooks) and mmslf (per-clip prompts
-    through data.prompts in the shared config) in one budget-0 comparison (cyin's two stages are
-    covered by tests/test_contract.py and tests/test_baselines.py)."""
+@pytest.mark.slow  # four tiny searches (2 trials of 2 epochs each), then 2 final seeds each
+def test_compare_searches_the_models_that_need_side_inputs_hooks_and_stages(tmp_path, capsys) -> None:
+    """hme (a neighbour bank), cyin (two stages), dashfusion (TrainBatch.index, epoch hooks) and
+    mmslf (per-clip prompts through data.prompts in the shared config, teacher then student) tune
+    through their own shipped spaces (``tuning/spaces/<m>.yaml``) with the same budget, and their
+    chosen configs are final-trained into one table (midg's DG search:
+    ``test_compare_searches_under_dg``)."""
     import math
 
+    import yaml
+
+    from analysis import load_experiment
     from fsrf._run_data import synthetic_data  # tests may read internals
     from fsrf.data._prompts import prompts_csv, synthetic_prompts
 
@@ -150,10 +155,17 @@ def test_compare_without_search_runs_the_models_that_need_side_inputs_and_hooks(
     prompts.write_text(prompts_csv(synthetic_prompts(synthetic_data(config.data), seed=0)))
     path = tmp_path / "tiny.yaml"
     save_config(with_overrides(config, {"data.prompts": str(prompts)}), path)
-    out = tmp_path / "cmp"
-    models = ["hme", "dashfusion", "mmslf"]
-    assert main(["compare", "--models", *models, "--config", str(path), "--budget", "0", "--final-seeds", "2",
-                 "--out", str(out)]) == 0
+    out, storage = tmp_path / "cmp", tmp_path / "ray"
+    models = ["hme", "cyin", "dashfusion", "mmslf"]  # mmslf: a teacher epoch, then a student epoch
+    assert main(["compare", "--models", *models, "--config", str(path), "--budget", "4", "--epochs", "2",
+                 "--final-seeds", "2", "--storage", str(storage), "--num-cpus", "2", "--out", str(out)]) == 0
+    for model in models:
+        exp = load_experiment(storage / f"cmp-{model}")
+        assert exp.trials.num_rows == 2 and set(exp.trials.column("status").to_pylist()) == {"COMPLETE"}, model
+        params = [c for c in exp.trials.column_names if c.startswith("config.model.")]
+        assert params, f"{model}: its search drew no model parameter"  # its own space, not another's
+        chosen = config_from_dict(yaml.safe_load((out / model / "chosen.yaml").read_text()))
+        assert chosen.model.name == model
     table = json.loads((out / "results.json").read_text())["table"]
     for key in ("random", "patterns"):
         assert list(table[key]) == models
@@ -163,6 +175,24 @@ def test_compare_without_search_runs_the_models_that_need_side_inputs_and_hooks(
     assert set(table["paired"]) == set(models[1:])
     text = (out / "compare.md").read_text()
     assert all(f"{m} MAE" in text for m in models)
+
+
+@pytest.mark.slow
+def test_compare_searches_under_dg(tmp_path, capsys) -> None:
+    """midg searched (budget 2, 1 epoch per trial) and final-trained under the DG protocol."""
+    import yaml
+
+    from analysis import load_experiment
+
+    path = tmp_path / "dg.yaml"
+    path.write_text(yaml.safe_dump(DG_TINY))
+    out, storage = tmp_path / "cmp", tmp_path / "ray"
+    assert main(["compare", "--models", "midg", "plain", "--config", str(path), "--budget", "2", "--epochs", "1",
+                 "--final-seeds", "2", "--storage", str(storage), "--num-cpus", "2", "--out", str(out)]) == 0
+    exp = load_experiment(storage / "cmp-midg")
+    assert exp.trials.num_rows == 2 and any(c.startswith("config.model.") for c in exp.trials.column_names)
+    table = json.loads((out / "results.json").read_text())["table"]
+    assert table["dg"] == {"target": "c", "sources": ["a", "b"]} and "midg" in table["domain"]
 
 
 @pytest.mark.parametrize(("sampler", "needle"), [("gp", "--sampler gp: parameter curriculum.start is conditional"),

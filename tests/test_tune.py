@@ -183,6 +183,28 @@ def test_nan_trials_are_recorded_as_errors_and_the_search_goes_on(tmp_path: Path
     assert all(t["status"] == "COMPLETE" for t in trials if t["config.optim.lr"] == 0.001)
 
 
+@pytest.mark.slow
+def test_a_search_whose_every_trial_fails_ends_in_one_line_naming_the_error(tmp_path: Path, ray_tmp: str) -> None:
+    """Every trial fails before its first epoch (mmslf needs a teacher and a student epoch): the
+    summary prints, then one line with the first trial's error and exit 2, no traceback."""
+    space = tmp_path / "fails.yaml"
+    space.write_text(
+        f"base: {ROOT / 'configs' / 'synthetic.yaml'}\n"
+        "fixed: {train.epochs: 1, model.name: mmslf, data.synthetic_train: 64, data.synthetic_valid: 16,"
+        " data.synthetic_test: 16}\n"
+        "objective: {metric: MAE, mode: min}\n"
+        "params:\n  optim.lr: {float: [0.001, 0.01]}\n"
+    )
+    proc = _tune(["--space", str(space), "--num-samples", "2", "--max-epochs", "1", "--storage", str(tmp_path),
+                  "--name", "fails", "-q"], _ray_env(ray_tmp))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("fsrf tune: error: every trial of fails failed") and "needs at least 2 epochs" in last
+    assert "Traceback (most recent call last)" not in out.split("trials: 2 error")[-1]
+    assert [t["status"] for t in read_trials(tmp_path / "fails").to_pylist()] == ["ERROR", "ERROR"]
+
+
 def _wait_for_results(exp: Path, at_least: int, proc: subprocess.Popen, timeout: float = 240) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

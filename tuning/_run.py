@@ -538,4 +538,15 @@ def run_search(options: SearchOptions) -> Path:
     if stopped:
         raise SearchStopped(f"the search stopped with {stopped} trial(s) unfinished; continue it with: "
                             f"{_resume_hint(options)}")
+    if best is None and counts and set(counts) == {"ERROR"}:
+        raise FSRFError(f"every trial of {options.name} failed, none reached a validation objective; the first "
+                        f"error: {_first_error(exp / STORE_DIR)}")
     return exp
+
+
+def _first_error(store: Path) -> str:
+    """The first errored trial's message (one line), as the store keeps it."""
+    from tuning.store import read_trials
+
+    errors = [t.get("error") or "" for t in read_trials(store).to_pylist() if t.get("error")]
+    return errors[0].strip().splitlines()[-1] if errors else "(no message stored)"

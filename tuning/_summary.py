@@ -29,7 +29,9 @@ def rank_order(trials: list[dict[str, Any]], values: Mapping[str, float | None],
 def ranked_trials(store: Path, *, mode: str) -> list[dict[str, Any]]:
     """Trials with their best objective over their epochs (``best_objective``), in :func:`rank_order`."""
     trials = read_trials(store).to_pylist()
-    results = read_results(store).select(["trial_id", OBJECTIVE]).to_pylist()
+    results = read_results(store)
+    # a search whose every trial failed before its first epoch stored no objective column at all
+    results = results.select(["trial_id", OBJECTIVE]).to_pylist() if OBJECTIVE in results.column_names else []
     best: dict[str, float] = {}
     pick = min if mode == "min" else max
     for row in results:
