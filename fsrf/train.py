@@ -119,32 +119,36 @@ section's numbers: a population-based search must not change an architecture fie
 restored weights would not fit), and the optimiser's learning rates and weight decay."""
 
 
+def _retunable(key: str, value: object) -> bool:
+    """Whether field ``key`` (of value ``value``) may change mid-run: a numeric field
+    :data:`RETUNABLE_PREFIXES` allows (``curriculum.kind`` too), a model field only as a float."""
+    numeric = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    return key.startswith(RETUNABLE_PREFIXES) and (key == "curriculum.kind" or numeric) and not (
+        key.startswith("model.") and not isinstance(value, float))
+
+
 def _check_retune(config: Config, retune: Collection[str]) -> tuple[str, ...]:
-    """``retune`` as a tuple, each a numeric field :data:`RETUNABLE_PREFIXES` allows."""
+    """``retune`` as a tuple, each a field :func:`_retunable` allows."""
     flat = flatten_config(config)
     for key in retune:
         if key not in flat:
             raise FSRFError(f"train(retune=...): {key!r} is not a config path")
-        value = flat[key]
-        numeric = not isinstance(value, bool) and isinstance(value, numbers.Real)
-        if (not key.startswith(RETUNABLE_PREFIXES) or (key != "curriculum.kind" and not numeric)
-                or (key.startswith("model.") and not isinstance(value, float))):
+        if not _retunable(key, flat[key]):
             raise FSRFError(f"train(retune=...): {key!r} cannot change on resume; expected a curriculum "
                             "field, a numeric model field (a loss weight) or optim.lr/text_lr/weight_decay")
     return tuple(retune)
 
 
 def _check_replay(config: Config) -> tuple[str, ...]:
-    """``curriculum.replay_fields``, checked as :func:`_check_retune` checks retuned fields; a model
-    field (a loss weight) must keep the sign of the config's value in every segment, since a model
-    may skip computing a term whose weight is 0."""
+    """``curriculum.replay_fields``, each a field :func:`_retunable` allows outside the curriculum
+    (the rate replays itself); a model field (a loss weight) must keep the sign of the config's
+    value in every segment, since a model may skip computing a term whose weight is 0."""
     fields = config.curriculum.replay_fields
     if not fields:
         return ()
     flat = flatten_config(config)
     for key in fields:
-        if key not in flat or key.startswith("curriculum.") or not key.startswith(RETUNABLE_PREFIXES) or (
-                key.startswith("model.") and not isinstance(flat[key], float)):
+        if key not in flat or key.startswith("curriculum.") or not _retunable(key, flat[key]):
             raise FSRFError(f"curriculum.replay_fields: {key!r} cannot be replayed; expected a loss weight of the "
                             "model section or optim.lr/text_lr/weight_decay")
     for epoch in config.curriculum.replay_epochs:
