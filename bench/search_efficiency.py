@@ -375,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             report["methods"][method][str(seed)] = run
     report.update(summarise(report["methods"], args.seeds, budget))
     report["targets"] = targets(report["summary"])
-    report["wall_seconds"] = round(time.perf_counter() - started, 1)
+    report["search_seconds_total"] = round(sum(r.get("search_seconds", 0.0) for r in searched.values()), 1)
+    report["wall_seconds"] = round(time.perf_counter() - started, 1)  # this invocation only (a resume redoes nothing)
     text = json.dumps(report, indent=2)
     if args.out is None:
         print(text)
