@@ -49,7 +49,7 @@ def _short(trial_id: str) -> str:
 
 
 def _label(col: str) -> str:
-    return col[len(CONFIG):] if col.startswith(CONFIG) else col
+    return col.removeprefix(CONFIG)
 
 
 def best_rows(results: Any, *, metric: str = "objective", mode: str = "min") -> Any:

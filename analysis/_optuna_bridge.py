@@ -95,7 +95,7 @@ def open_storage(storage: str | os.PathLike[str] | None) -> Any:
     if "://" in text:
         try:
             return optuna.storages.RDBStorage(text)
-        except Exception as err:  # SQLAlchemy's errors are long; keep one line
+        except Exception as err:  # noqa: BLE001 (SQLAlchemy's errors are long; keep one line)
             raise FSRFError(f"--to-optuna: cannot open {text} ({str(err).splitlines()[0][:200]})") from None
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 

@@ -25,7 +25,6 @@ already trains with ``mixed``) are trained once and reported under both names.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import json
 import multiprocessing
 import os
@@ -33,13 +32,14 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsrf import (  # noqa: E402
+from fsrf import (
     Config,
     FSRFError,
     build_model,
@@ -50,7 +50,7 @@ from fsrf import (  # noqa: E402
     train,
     with_overrides,
 )
-from fsrf.evaluate import modality_pattern_table, random_missing_table  # noqa: E402
+from fsrf.evaluate import modality_pattern_table, random_missing_table
 
 _PLAIN = {
     "model.homo": 0.0, "model.diff": 0.0, "model.recon": 0.0, "model.noise": 0.0,

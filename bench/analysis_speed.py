@@ -27,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import store as store_bench  # noqa: E402  (bench/store.py)
+import store as store_bench
 
-from analysis import load_experiment  # noqa: E402
-from analysis._importance import importance, study_from_tables  # noqa: E402
-from analysis._leaderboard import leaderboard  # noqa: E402
-from analysis._report import write_report  # noqa: E402
+from analysis import load_experiment
+from analysis._importance import importance, study_from_tables
+from analysis._leaderboard import leaderboard
+from analysis._report import write_report
 
 
 def part_one(tmp: Path) -> dict:

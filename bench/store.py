@@ -40,19 +40,19 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fsrf._constants import EVAL_RATES, loss_key, rate_key, robust_key  # noqa: E402
-from tuning._store_write import (  # noqa: E402
+from fsrf._constants import EVAL_RATES, loss_key, rate_key, robust_key
+from tuning._store_write import (
     BASE_FIELDS,
     CONFIG_PREFIX,
-    PARTS_DIR,
     PART_SUFFIX,
+    PARTS_DIR,
     SCHEMA_VERSION,
     TS_TYPE,
     new_session_id,
     publish_part,
     schema_metadata,
 )
-from tuning.store import TrialStoreWriter, read_events, read_results, read_trials  # noqa: E402
+from tuning.store import TrialStoreWriter, read_events, read_results, read_trials
 
 N_TRIALS, N_ITERS, N_PARTS = 5_000, 100, 5
 

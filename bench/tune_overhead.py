@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _search_runs import base_options, events, results_in_time_order, run_quietly  # noqa: E402
+from _search_runs import base_options, events, results_in_time_order, run_quietly
 
 
 def main() -> None:

@@ -80,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise FSRFError(f"{path}: no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for foreign or torn files
+    except Exception as err:  # noqa: BLE001 (torch raises several types for foreign or torn files)
         raise FSRFError(f"{path}: {_refusal(err)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FSRFError(f"{path}: not an fsrf checkpoint (no 'format: {FORMAT}' entry)")

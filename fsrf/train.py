@@ -91,7 +91,7 @@ class TrainResult:
 
 
 def _lr_schedule(total_steps: int, warmup_fraction: float) -> Callable[[int], float]:
-    warmup = int(round(warmup_fraction * total_steps))
+    warmup = round(warmup_fraction * total_steps)
 
     def factor(step: int) -> float:
         if step < warmup:

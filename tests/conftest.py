@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from tests_support import TINY
 
 from fsrf import Config, config_from_dict
 from fsrf._run_data import load_dataset
 from fsrf.data import MultimodalDataset
-from tests_support import TINY
-
 
 
 @pytest.fixture(scope="session")

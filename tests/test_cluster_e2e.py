@@ -51,10 +51,10 @@ def _install_tools() -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "-o", "DPkg::Lock::Timeout=120",
                *missing]
-    if subprocess.run(install, env=env, capture_output=True, timeout=600).returncode != 0:
+    if subprocess.run(install, env=env, capture_output=True, check=False, timeout=600).returncode != 0:
         subprocess.run(["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=120"], env=env,
                        capture_output=True, timeout=600, check=True)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, check=False, timeout=600)
         assert done.returncode == 0, f"apt-get install {' '.join(missing)} failed:\n{done.stderr[-3000:]}"
     assert not _missing(), f"still missing after apt-get install: {_missing()}"
 
@@ -68,7 +68,7 @@ def _free_port(host: str = "127.0.0.1") -> int:
 def _pid_namespaces_work() -> bool:
     try:
         probe = ["unshare", "--pid", "--fork", "--mount-proc", "true"]
-        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(probe, capture_output=True, check=False, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -170,7 +170,7 @@ def _start_sshd(root: Path, home: Path, ray_tmp: Path, in_namespace: bool, start
         ]) + "\n"
     )
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privilege separation dir, as Debian's service makes
-    check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True, timeout=30)
+    check = subprocess.run([SSHD, "-t", "-f", str(config)], capture_output=True, text=True, check=False, timeout=30)
     assert check.returncode == 0, f"sshd -t: {check.stderr}"
     cmd = [SSHD, "-D", "-f", str(config), "-E", str(root / "sshd.log")]
     if in_namespace:  # sshd is the namespace's init: killing it kills everything inside

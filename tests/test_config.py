@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -66,8 +67,8 @@ def test_overrides_build_a_new_config() -> None:
     changed = with_overrides(base, {"model.homo": 0.1, "train.epochs": 3})
     assert changed.model.homo == 0.1 and changed.train.epochs == 3
     assert base.model.homo == 0.8  # untouched
-    with pytest.raises(Exception):
-        base.model.homo = 0.5  # type: ignore[misc]  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        base.model.homo = 0.5  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import io
+import itertools
 import math
 from typing import Any
 
@@ -168,7 +169,7 @@ def test_monotone_and_within_bounds_over_100_epochs(kind: str, params: dict[str,
     start = params.get("start", params["end"])
     assert all(isinstance(r, float) for r in rates)
     assert all(start <= r <= params["end"] for r in rates)
-    assert all(a <= b for a, b in zip(rates, rates[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(rates))
     if kind != "adaptive":
         assert rates[-1] == params["end"]
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import mmsa_files  # tests/ helper; pytest puts tests/ on sys.path (no __init__.py)
 import numpy as np
 import pytest
 import torch
@@ -26,8 +27,6 @@ from fsrf.data import (
     save_mmsa,
     write_synthetic,
 )
-
-import mmsa_files  # tests/ helper; pytest puts tests/ on sys.path (no __init__.py)
 
 SMALL = {"n_train": 40, "n_valid": 10, "n_test": 12, "text_len": 8, "audio_len": 10}
 MOSI_SHAPE = {"text_len": 50, "text_dim": 768, "audio_len": 375, "audio_dim": 5}

@@ -7,13 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from fsrf import FSRF, MODALITIES, Config, with_overrides
+from fsrf import FSRF, Config, with_overrides
 from fsrf._rng import isolated_rng
 from fsrf.losses import (
-    correlation,
     TERMS,
     agreement_loss,
     cmd,
+    correlation,
     decorrelation_loss,
     fsrf_loss,
     label_r2_loss,

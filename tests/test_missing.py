@@ -320,8 +320,8 @@ def test_eval_keep_is_a_pure_function_of_seed_rate_split() -> None:
     valid = _valid(300)
     base = eval_keep(valid, rate=0.5, seed=1111, split="test")
     assert _equal(base, eval_keep({m: v.clone() for m, v in valid.items()}, rate=0.5, seed=1111, split="test"))
-    for other in [dict(rate=0.5, seed=1111, split="valid"), dict(rate=0.4, seed=1111, split="test"),
-                  dict(rate=0.5, seed=1112, split="test")]:
+    for other in [{"rate": 0.5, "seed": 1111, "split": "valid"}, {"rate": 0.4, "seed": 1111, "split": "test"},
+                  {"rate": 0.5, "seed": 1112, "split": "test"}]:
         assert not _equal(base, eval_keep(valid, **other))  # type: ignore[arg-type]
     assert not torch.equal(base["audio"], base["vision"])
     assert _dropped_share(base["audio"], valid["audio"]) == pytest.approx(0.5, abs=0.03)

@@ -34,7 +34,7 @@ def _remove_when_running(cluster, node, exp: Path, after_results: int) -> None:
         try:
             if read_results(exp).num_rows >= after_results:
                 break
-        except Exception:  # no store yet
+        except Exception:  # noqa: BLE001, S110 (no store yet)
             pass
         time.sleep(0.2)
     cluster.remove_node(node, allow_graceful=False)
@@ -89,7 +89,7 @@ def test_a_driver_killed_mid_search_on_a_cluster_resumes_to_completion(cluster, 
         try:
             if read_results(exp).num_rows >= 4:
                 break
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 (no store yet)
             pass
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)  # the driver dies; the cluster lives on
@@ -97,7 +97,7 @@ def test_a_driver_killed_mid_search_on_a_cluster_resumes_to_completion(cluster, 
     resumed = subprocess.run(
         [sys.executable, str(ROOT / "tune.py"), "--name", "driver", "--storage", str(tmp_path), "--resume",
          "--address", c.address],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = read_trials(exp)

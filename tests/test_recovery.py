@@ -92,8 +92,9 @@ def test_full_beats_plain_at_high_rates_on_a_short_run_and_the_probe_reads_it(tm
 
 @pytest.mark.parametrize("recovery", [True, False])
 def test_fsrf_probe_writes_the_r2_table_of_a_checkpoint(tmp_path: Path, recovery: bool, capsys) -> None:
-    from fsrf import config_from_dict, train
     from tests_support import TINY
+
+    from fsrf import config_from_dict, train
 
     config = with_overrides(config_from_dict(TINY), {
         "train.epochs": 1, "data.synthetic_kind": "recovery", "model.recovery": recovery,

@@ -37,7 +37,7 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch):
 
 def _tune(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, check=False, timeout=300)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from analysis_stores import write_store
 
 from analysis._figures import best_rows, learning_curves, pareto_mask
 from analysis._importance import importance, study_from_tables
@@ -16,7 +17,6 @@ from analysis._load import load_experiment
 from analysis._optuna_bridge import to_optuna
 from analysis._report import IMPORTANCE_CSV, INDEX, LEADERBOARD_CSV, write_report
 from fsrf._errors import FSRFError
-from analysis_stores import write_store
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("learning", "robustness", "pareto", "importance", "slices", "parallel", "curricula", "terms")

@@ -346,7 +346,7 @@ def test_callback_numbers_attempts_across_retries_and_driver_restarts(tmp_path: 
     b.error_file = str(tmp_path / "error.txt")
     Path(b.error_file).write_text("Failure # 1 (occurred at x)\nray::ImplicitFunc.train()\n  File \"x\"\n"
                                   "ValueError: boom\n")
-    hooks = dict(iteration=0, trials=[a, b])
+    hooks = {"iteration": 0, "trials": [a, b]}
     cb.setup()
     cb.on_trial_start(trial=a, **hooks)
     cb.on_trial_start(trial=b, **hooks)

@@ -212,7 +212,7 @@ def _wait_for_results(exp: Path, at_least: int, proc: subprocess.Popen, timeout:
         try:
             if read_results(exp).num_rows >= at_least:
                 return
-        except Exception:  # the store does not exist yet
+        except Exception:  # noqa: BLE001, S110 (the store does not exist yet)
             pass
         time.sleep(0.5)
     raise AssertionError("the search produced too few results before the deadline")
@@ -323,7 +323,7 @@ def test_a_resume_whose_recorded_checkpoints_are_gone_trains_those_trials_again(
         assert proc.poll() is None
         try:
             trials = read_trials(exp).to_pylist()
-        except Exception:  # the store does not exist yet
+        except Exception:  # noqa: BLE001 (the store does not exist yet)
             trials = []
         if any(t["status"] == "RUNNING" and t["iterations"] in (1, 2) for t in trials):
             break

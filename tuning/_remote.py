@@ -38,7 +38,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     """pyarrow's filesystem for ``uri`` and the path inside it, with a one-line error."""
     try:
         return pafs.FileSystem.from_uri(uri.rstrip("/"))
-    except Exception as err:  # pyarrow raises ArrowInvalid/OSError with long messages
+    except Exception as err:  # noqa: BLE001 (pyarrow raises ArrowInvalid/OSError with long messages)
         raise FSRFError(f"{uri}: cannot open ({str(err).splitlines()[0][:200]})") from None
 
 

@@ -219,7 +219,7 @@ def _started_cluster() -> str | None:
 
         address = find_bootstrap_address(None)
         return address if address and address in find_gcs_addresses() else None
-    except Exception:  # a private API of Ray's: on any change, fall back to a local Ray
+    except Exception:  # noqa: BLE001 (a private API of Ray's: on any change, fall back to a local Ray)
         return None
 
 

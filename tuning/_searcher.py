@@ -56,11 +56,11 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 ot_trial.report(float(value), int(step))
         try:
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
-        except Exception as exc:  # same policy as the parent: never kill the search over a tell
+        except Exception as exc:  # noqa: BLE001 (as the parent: never kill the search over a tell)
             logger.warning("could not tell trial %s as pruned: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
 
     @property
-    def study(self):  # noqa: ANN201 - optuna.Study
+    def study(self):
         """The Optuna study this searcher asks and tells (in memory, named after the experiment)."""
         return self._ot_study

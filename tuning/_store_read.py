@@ -13,7 +13,7 @@ import json
 import os
 from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -190,7 +190,7 @@ class _Store:
         for segment in self.segments:
             segment.close()
 
-    def __enter__(self) -> _Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -218,8 +218,8 @@ def scan_segment(path: Path) -> tuple[pa.Table | None, str | None]:
             return None, None
         batches: list[pa.RecordBatch] = []
         try:
-            for batch in reader:
-                batches.append(batch)
+            for batch in reader:  # keep the batches read before a torn one
+                batches.append(batch)  # noqa: PERF402
         except (pa.ArrowException, OSError) as exc:
             return (pa.Table.from_batches(batches, schema=reader.schema),
                     f"torn tail dropped after {len(batches)} complete batch(es) ({exc})")
@@ -626,7 +626,7 @@ class TrialStoreWriter:
         """Whether :meth:`close` ran."""
         return self._closed
 
-    def __enter__(self) -> TrialStoreWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

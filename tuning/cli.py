@@ -109,7 +109,7 @@ def options_from_args(args: argparse.Namespace):
         raise FSRFError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     _check_flags(args, name)
     population = _population_flags(args)
-    values = dict(
+    values = dict(  # noqa: C408 (keyword form, as SearchOptions' fields)
         space=space, name=name, storage=args.storage, data=data, num_samples=args.num_samples,
         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial,
         scheduler=args.scheduler, sampler=args.sampler, grace_period=args.grace_period, reduction_factor=args.reduction_factor,

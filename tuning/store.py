@@ -106,7 +106,7 @@ __all__ = [
 ]
 
 
-def _reader(name: str):  # noqa: ANN202
+def _reader(name: str):
     local = getattr(_store_read, name)
 
     def read(path: str | os.PathLike[str]) -> Any:
@@ -360,7 +360,7 @@ def error_line(trial: Any) -> str | None:
 if TYPE_CHECKING:
     from ray.tune import Callback
 
-    class ArrowStoreCallback(_StoreHooks, Callback):  # noqa: D101 - built by __getattr__ below
+    class ArrowStoreCallback(_StoreHooks, Callback):
         ...
 
 
