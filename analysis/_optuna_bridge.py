@@ -21,7 +21,6 @@ from typing import Any
 
 import optuna
 import pyarrow.compute as pc
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from analysis._export import search_space
@@ -29,51 +28,10 @@ from analysis._leaderboard import metric_mode
 from analysis._load import Experiment
 from fsrf import FSRFError
 from fsrf.constants import COMPLETE_OBJECTIVE, OBJECTIVE
-from tuning import OFF, Param, trial_config
-from tuning.space import SearchSpace
+from tuning import trial_config
 
 STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "ERROR": TrialState.FAIL,
           "RUNNING": TrialState.RUNNING}
-
-
-def distribution(param: Param) -> BaseDistribution:
-    """The Optuna distribution :meth:`Param.suggest` draws from."""
-    if param.kind == "choice":
-        return CategoricalDistribution(list(param.choices))
-    if param.kind == "int":
-        return IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
-    return FloatDistribution(float(param.low), float(param.high), log=param.log, step=param.step)
-
-
-def trial_params(
-    space: SearchSpace, config: dict[str, Any], where: str
-) -> tuple[dict[str, Any], dict[str, BaseDistribution]]:
-    """The Optuna params and distributions of one stored trial config, walked as ``define_by_run`` draws.
-
-    Raises:
-        FSRFError: the config is not one the space can draw (see :meth:`SearchSpace.to_config`).
-    """
-    space.to_config(config)  # validates: unknown keys, missing values, out-of-range values
-    given = {k: v for k, v in config.items() if not (isinstance(v, float) and math.isnan(v))}
-    params: dict[str, Any] = {}
-    dists: dict[str, BaseDistribution] = {}
-    decided: dict[str, Any] = {}
-    for param in space.params:
-        if not param.active(decided):
-            continue
-        if param.has_switch:
-            off = SearchSpace.switched_off(param, given, where)
-            params[param.switch_name] = off
-            dists[param.switch_name] = CategoricalDistribution([False, True])
-            if off:
-                decided[param.name] = OFF
-                continue
-        value = param.normalize(given[param.name], where)
-        if param.kind != "choice":  # normalize allows a hair of slack; Optuna does not
-            value = type(value)(min(max(value, param.low), param.high))
-        decided[param.name] = params[param.name] = value
-        dists[param.name] = distribution(param)
-    return params, dists
 
 
 def _naive(moment: Any) -> Any:
@@ -148,7 +106,7 @@ def to_optuna(exp: Experiment, storage: str | os.PathLike[str] | None = None, *,
     ran = sorted(exp.trials.to_pylist(), key=lambda t: (_first_ts(per_trial.get(t["trial_id"], [])), t["trial_id"]))
     for trial in ran:
         trial_id, status = trial["trial_id"], trial["status"]
-        params, dists = trial_params(searched, trial_config(trial), f"{exp.name}: trial {trial_id}")
+        params, dists = searched.optuna_params(trial_config(trial), f"{exp.name}: trial {trial_id}")
         rows = [r for r in per_trial.get(trial_id, [])
                 if all(math.isfinite(r[k]) for k in keys if r[k] is not None)]
         intermediate = {int(r["iteration"]): float(r[OBJECTIVE]) for r in rows if r["iteration"] is not None}

@@ -33,18 +33,6 @@ from tuning.space import SearchSpace
 JOURNAL_FILE = "optuna.journal"
 
 
-def drawn_params(space: SearchSpace, config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The Optuna params and distributions of a trial's Tune config, replayed through the space."""
-    import optuna
-
-    given = {k: v for k, v in config.items() if not (isinstance(v, float) and math.isnan(v))}
-    fixed = optuna.trial.FixedTrial(given)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a stored value a hair outside its range: kept as drawn
-        space.define_by_run(fixed)
-    return fixed.params, fixed.distributions
-
-
 class _JournalHooks:
     """Appends ended trials to an Optuna journal (mixed into ``ray.tune.Callback`` on access).
 
@@ -136,7 +124,7 @@ class _JournalHooks:
         if state == TrialState.FAIL or (self.multi_objective and state == TrialState.PRUNED):
             values = None
         try:
-            params, dists = drawn_params(self.space, dict(trial.config))
+            params, dists = self.space.optuna_params(dict(trial.config))
         except Exception as err:  # noqa: BLE001 - a config the space cannot replay: the trial without params
             warnings.warn(f"{self.path}: trial {trial.trial_id}'s config is not one the space draws "
                           f"({str(err).splitlines()[0][:160]}); journaled without parameters", stacklevel=2)

@@ -147,6 +147,46 @@ class SearchSpace:
                 decided[param.name] = overrides[param.name] = param.normalize(given[param.name], where)
         return with_overrides(self.base, overrides, source=where)
 
+    def optuna_params(self, trial_config: Mapping[str, Any], where: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Optuna params and distributions of one trial config, walked as :meth:`define_by_run` draws.
+
+        The one translation of a stored or live trial into Optuna's terms (the live journal and
+        ``analysis.to_optuna`` both use it). A value a hair outside its range (``normalize``'s
+        slack) is clipped into it, since Optuna refuses it.
+
+        Raises:
+            FSRFError: the config is not one the space can draw (see :meth:`to_config`).
+        """
+        from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+        where = where or f"{self.source}: trial config"
+        self.to_config(trial_config)  # validates: unknown keys, missing values, out-of-range values
+        given = {k: v for k, v in trial_config.items() if not _absent(v)}
+        params: dict[str, Any] = {}
+        dists: dict[str, Any] = {}
+        decided: dict[str, Any] = {}
+        for param in self.params:
+            if not param.active(decided):
+                continue
+            if param.has_switch:
+                off = self.switched_off(param, given, where)
+                params[param.switch_name] = off
+                dists[param.switch_name] = CategoricalDistribution([False, True])
+                if off:
+                    decided[param.name] = OFF
+                    continue
+            value = param.normalize(given[param.name], where)
+            if param.kind == "choice":
+                dists[param.name] = CategoricalDistribution(list(param.choices))
+            else:
+                value = type(value)(min(max(value, param.low), param.high))
+                dists[param.name] = (
+                    IntDistribution(int(param.low), int(param.high), log=param.log, step=int(param.step or 1))
+                    if param.kind == "int" else
+                    FloatDistribution(float(param.low), float(param.high), log=param.log, step=param.step))
+            decided[param.name] = params[param.name] = value
+        return params, dists
+
     @staticmethod
     def switched_off(param: Param, given: Mapping[str, Any], where: str) -> bool:
         """Whether ``param`` is off in ``given``."""
