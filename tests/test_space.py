@@ -152,6 +152,25 @@ def test_to_config_builds_the_trial_and_reads_store_round_trips() -> None:
     assert space.to_config({k: v for k, v in TRIAL.items() if not k.endswith(":off")}) == config
 
 
+def test_optuna_params_give_back_what_define_by_run_drew() -> None:
+    """The journal's and ``analysis.to_optuna``'s translation: a Tune config (Optuna's draws plus
+    define-by-run's constants) walks back to the very params and distributions Optuna holds."""
+    space = load_space(DEFAULT)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
+    for _ in range(25):
+        trial = study.ask()
+        constants = space.define_by_run(trial)
+        params, dists = space.optuna_params({**trial.params, **constants})
+        assert params == trial.params
+        assert dists == trial.distributions
+    # a stored value a hair outside its range (store round trips) is clipped into it, as Optuna requires
+    lr = next(p for p in space.params if p.name == "optim.lr")
+    params, dists = space.optuna_params({**TRIAL, "optim.lr": lr.high * (1 + 1e-12)})
+    assert params["optim.lr"] == lr.high == dists["optim.lr"].high
+    with pytest.raises(FSRFError, match="model.homoo"):
+        space.optuna_params({**TRIAL, "model.homoo": 1.0})
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
