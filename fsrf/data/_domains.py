@@ -39,12 +39,10 @@ import torch
 from fsrf._constants import MODALITIES, SPLITS
 from fsrf._errors import FSRFError
 from fsrf.data._synthetic import (
-    _LABEL_BOUND,
-    _LABEL_NOISE_STD,
     _LABEL_SCALE,
-    _SENTIMENT_WEIGHT,
     _frames,
     _projections,
+    sentiment,
     split_extras,
     text_bert,
 )
@@ -102,12 +100,7 @@ def make_domain(
     offset = 100_000 * k
     for split in SPLITS:
         n = sizes[split]
-        z = rng.standard_normal(n)
-        specific = {m: rng.standard_normal(n) for m in MODALITIES}
-        score = z + sum(_SENTIMENT_WEIGHT[m] * specific[m] for m in MODALITIES)
-        norm = math.sqrt(1.0 + sum(w * w for w in _SENTIMENT_WEIGHT.values()))
-        raw = _LABEL_SCALE * score / norm + _LABEL_NOISE_STD * rng.standard_normal(n)
-        labels = (np.round(3.0 * np.clip(raw, -_LABEL_BOUND, _LABEL_BOUND)) / 3.0).astype(np.float32)
+        z, specific, labels = sentiment(rng, n)
         out: dict[str, Any] = {}
         lengths: dict[str, np.ndarray] = {}
         for m in MODALITIES:

@@ -57,7 +57,7 @@ import numpy as np
 
 from fsrf._constants import MODALITIES, SPLITS
 from fsrf._errors import FSRFError
-from fsrf.data._synthetic import check_layout, split_extras, text_bert
+from fsrf.data._synthetic import check_layout, mmsa_labels, split_extras, text_bert
 
 LABELS = ("shared", "specific")
 """What the label reads: the shared latent (the benchmark) or text's own factor (a control)."""
@@ -69,7 +69,6 @@ _FRAME_NOISE_STD = 2.0
 _REFERENCE_STEPS = 40
 _GAIN_SIGMA = 0.5
 _LABEL_SCALE = 1.5
-_LABEL_BOUND = 3.0
 WINDOWS = ("early", "middle", "late")
 """The frame-cue windows of ``cue_frames``: the thirds of the audio / vision steps, in order."""
 _CUE_MODALITIES = ("audio", "vision")
@@ -174,7 +173,7 @@ def _make_split(
     nuisance = {m: rng.standard_normal((n, _NUISANCE)) for m in MODALITIES}
     score = (z if label == "shared" else specific["text"]) @ readout
     raw = _LABEL_SCALE * score + label_noise * rng.standard_normal(n)
-    labels = (np.round(3.0 * np.clip(raw, -_LABEL_BOUND, _LABEL_BOUND)) / 3.0).astype(np.float32)
+    labels = mmsa_labels(raw)
     window = None if cue_rng is None else cue_rng.integers(0, len(WINDOWS), size=n)
 
     split: dict[str, Any] = {}

@@ -171,12 +171,7 @@ def _make_split(
     offset: int,
 ) -> dict[str, Any]:
     """One split's MMSA dict; ``offset`` numbers its samples after earlier splits'."""
-    z = rng.standard_normal(n)
-    specific = {m: rng.standard_normal(n) for m in MODALITIES}
-    score = z + sum(_SENTIMENT_WEIGHT[m] * specific[m] for m in MODALITIES)
-    norm = math.sqrt(1.0 + sum(w * w for w in _SENTIMENT_WEIGHT.values()))
-    raw = _LABEL_SCALE * score / norm + _LABEL_NOISE_STD * rng.standard_normal(n)
-    labels = (np.round(3.0 * np.clip(raw, -_LABEL_BOUND, _LABEL_BOUND)) / 3.0).astype(np.float32)
+    z, specific, labels = sentiment(rng, n)
 
     split: dict[str, Any] = {}
     lengths: dict[str, np.ndarray] = {}
@@ -189,6 +184,25 @@ def _make_split(
     split["vision_lengths"] = lengths["vision"]
     split.update(split_extras(labels, offset))
     return split
+
+
+def mmsa_labels(raw: np.ndarray) -> np.ndarray:
+    """Raw scores as MOSI-style labels (N,): clipped to [-3, 3], in steps of 1/3 (three raters' mean)."""
+    return (np.round(3.0 * np.clip(raw, -_LABEL_BOUND, _LABEL_BOUND)) / 3.0).astype(np.float32)
+
+
+def sentiment(rng: np.random.Generator, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """The shared latent z (N,), the modality-specific u_m (N,) and the labels they make (N,).
+
+    The label is a unit-variance mix of z and the u_m (weights ``_SENTIMENT_WEIGHT``), scaled,
+    with a little noise; the draws come in this order: z, u_m per modality, the noise.
+    """
+    z = rng.standard_normal(n)
+    specific = {m: rng.standard_normal(n) for m in MODALITIES}
+    score = z + sum(_SENTIMENT_WEIGHT[m] * specific[m] for m in MODALITIES)
+    norm = math.sqrt(1.0 + sum(w * w for w in _SENTIMENT_WEIGHT.values()))
+    raw = _LABEL_SCALE * score / norm + _LABEL_NOISE_STD * rng.standard_normal(n)
+    return z, specific, mmsa_labels(raw)
 
 
 def split_extras(labels: np.ndarray, offset: int) -> dict[str, np.ndarray]:
