@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from fsrf._constants import EVAL_RATES, MODALITIES, TEXT_INPUTS, TEXT_PROTOCOLS
+from fsrf._constants import EVAL_RATES, LABEL_BOUNDS, MODALITIES, TEXT_INPUTS, TEXT_PROTOCOLS
 from fsrf._errors import FSRFError
 from fsrf._validate import check, check_one_of, check_unit
 from fsrf.curriculum import CURRICULA, BaseCurriculum, build_curriculum
@@ -53,7 +53,9 @@ class DataConfig:
     each; ``dataset`` must be the target's, whose metrics are reported) or, with ``dataset:
     synthetic``, synthetic domains with a planted shift (``domain_shift``). Each domain's own
     feature dims are recorded in ``domain_<m>_dims`` (per-domain input projections read them);
-    ``<m>_dim`` is their maximum, the width the features are zero-padded to.
+    ``<m>_dim`` is their maximum, the width the features are zero-padded to. Domains whose labels
+    span different ranges (SIMS [-1, 1] with MOSI/MOSEI [-3, 3]) are refused unless
+    ``domain_label_rescale`` maps each source domain's labels linearly onto the target's range.
 
     ``prompts`` is a CSV of per-clip text prompts (``video_id,clip_id,prompt``, MMSLF's format),
     joined on the MMSA ids and encoded as hashed word/word-pair ids into ``Split.extras["prompt"]``
@@ -88,6 +90,7 @@ class DataConfig:
     domain_audio_dims: tuple[int, ...] = ()
     domain_vision_dims: tuple[int, ...] = ()
     domain_shift: float = 1.0
+    domain_label_rescale: bool = False
     prompts: str | None = None
 
     def __post_init__(self) -> None:
@@ -129,6 +132,8 @@ class DataConfig:
             for key in ("target", "domain_paths", *(f"domain_{m}_dims" for m in MODALITIES)):
                 _check(getattr(self, key) in (None, ()), key,
                        f"{getattr(self, key)!r} is read only with data.domains (domain generalisation); leave it empty")
+            _check(not self.domain_label_rescale, "domain_label_rescale",
+                   "is read only with data.domains (domain generalisation); leave it false")
             return
         n = len(self.domains)
         _check(n >= 2, "domains", f"{list(self.domains)} needs at least two domains (sources and a target)")
@@ -153,6 +158,13 @@ class DataConfig:
                    f"{self.dataset!r} must be the target domain {self.target!r} (its metrics are reported)")
             _check(len(self.domain_paths) == n, "domain_paths",
                    f"{len(self.domain_paths)} paths, expected one MMSA pickle per domain ({n})")
+            ranges = sorted({LABEL_BOUNDS[d] for d in self.domains}, reverse=True)
+            _check(len(ranges) == 1 or self.domain_label_rescale, "domains",
+                   f"{list(self.domains)} mix label ranges ("
+                   + "; ".join(f"{', '.join(d for d in self.domains if LABEL_BOUNDS[d] == b)}: [-{b:g}, {b:g}]"
+                               for b in ranges)
+                   + "): set data.domain_label_rescale: true to map each source domain's labels linearly "
+                   f"onto the target's range ({self.target}), or leave the other domains out")
 
     def source_domains(self) -> tuple[str, ...]:
         """The DG training domains: every domain but the target (empty without DG)."""

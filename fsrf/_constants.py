@@ -71,6 +71,10 @@ DATASET_METRICS: Final[dict[str, tuple[str, ...]]] = {
     "sims": SIMS_METRICS,
 }
 
+LABEL_BOUNDS: Final[dict[str, float]] = {"mosi": 3.0, "mosei": 3.0, "synthetic": 3.0, "sims": 1.0}
+"""Each dataset's sentiment labels lie in [-b, b]: MOSI/MOSEI (and the synthetic data) on [-3, 3],
+SIMS on [-1, 1]."""
+
 LOWER_IS_BETTER: Final[frozenset[str]] = frozenset({"MAE"})
 """Metrics to minimise; every other MMSA metric is maximised."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fsrf._config import DataConfig
-from fsrf._constants import MODALITIES
+from fsrf._constants import LABEL_BOUNDS, MODALITIES
 from fsrf._errors import FSRFError
 from fsrf.data import (
     MultimodalDataset,
@@ -78,7 +78,10 @@ def load_domains(cfg: DataConfig) -> MultimodalDataset:
 
     Each domain is an MMSA pickle (``data.domain_paths``) or, with ``dataset: synthetic``, a
     generated domain written to a temporary MMSA file and read back; each is checked against its
-    recorded dims (``data.domain_<m>_dims``) and the padded lengths ``data.<m>_len``.
+    recorded dims (``data.domain_<m>_dims``) and the padded lengths ``data.<m>_len``. With
+    ``data.domain_label_rescale`` a source domain whose label range differs from the target's
+    has its labels multiplied by (target bound / its bound), e.g. MOSI's by 1/3 for a SIMS target
+    (the config refuses mixed ranges without it); the target's labels are never changed.
     """
     datasets = []
     with tempfile.TemporaryDirectory(prefix="fsrf-domains-") as tmp:
@@ -92,6 +95,9 @@ def load_domains(cfg: DataConfig) -> MultimodalDataset:
                 dataset = dataclasses.replace(load_mmsa(file, name="synthetic"), source=f"synthetic domain {k}")
             else:
                 dataset = load_mmsa(cfg.domain_paths[k], name=name)
+                factor = LABEL_BOUNDS[cfg.target or name] / LABEL_BOUNDS[name]
+                if cfg.domain_label_rescale and factor != 1.0 and name != cfg.target:
+                    dataset = _rescaled(dataset, factor)
             dims, lens, where = dataset.train.dims(), dataset.train.lengths(), dataset.source or name
             for m in MODALITIES:
                 if dims[m] != domain_dims(cfg, k)[m]:
@@ -103,6 +109,13 @@ def load_domains(cfg: DataConfig) -> MultimodalDataset:
             datasets.append(dataset)
     return assemble_domains(datasets, names=cfg.domains, target=cfg.target or "", dims=cfg.dims(),
                             lengths=cfg.lengths(), name=cfg.dataset)
+
+
+def _rescaled(dataset: MultimodalDataset, factor: float) -> MultimodalDataset:
+    """``dataset`` with every split's labels multiplied by ``factor`` (its source says so)."""
+    splits = {name: None if split is None else dataclasses.replace(split, labels=split.labels * factor)
+              for name, split in (("train", dataset.train), ("valid", dataset.valid), ("test", dataset.test))}
+    return dataclasses.replace(dataset, **splits, source=f"{dataset.source} (labels x {factor:g})")
 
 
 def synthetic_data(cfg: DataConfig) -> dict[str, dict[str, Any]]:

@@ -14,6 +14,7 @@ from fsrf import MODALITIES, FSRFError, config_from_dict
 from fsrf._rng import isolated_rng
 from fsrf._run_data import load_dataset
 from fsrf.cli import main
+from fsrf.data import load_mmsa
 from fsrf.model import TrainBatch, build_model
 from fsrf.model.zoo.midg import domain_risk_variance
 
@@ -88,12 +89,22 @@ def test_leave_one_dataset_out_over_mmsa_files_uses_the_target_metrics(tmp_path)
             "domain_paths": [str(p) for p in paths], "domain_text_dims": [768] * 3,
             "domain_audio_dims": [5, 5, 33], "domain_vision_dims": [20, 20, 709],
             "text_dim": 768, "audio_dim": 33, "vision_dim": 709, "text_len": 8, "audio_len": 12, "vision_len": 12}
-    config = config_from_dict({"data": data}, source="t")
+    with pytest.raises(FSRFError, match=r"data.domains: \['mosi', 'mosei', 'sims'\] mix label ranges "
+                                        r"\(mosi, mosei: \[-3, 3\]; sims: \[-1, 1\]\): set data.domain_label_rescale"):
+        config_from_dict({"data": data}, source="t")
+    config = config_from_dict({"data": {**data, "domain_label_rescale": True}}, source="t")
     dataset = load_dataset(config.data)
     assert dataset.name == "sims" and len(dataset.test) == mmsa_files.SPLIT_SIZES["test"]
+    # MOSI/MOSEI's labels (steps of 0.2 on [-3, 3]) arrive on SIMS's [-1, 1], the target's untouched
+    raw = {"mosi": load_mmsa(paths[0], name="mosi"), "sims": load_mmsa(paths[2], name="sims")}
+    mosi_rows = dataset.train.extras["domain"] == 0
+    assert torch.allclose(dataset.train.labels[mosi_rows], raw["mosi"].train.labels / 3.0)
+    assert raw["mosi"].train.labels.abs().max() > 1.0 >= dataset.train.labels.abs().max()
+    assert torch.equal(dataset.test.labels, raw["sims"].test.labels)
+    assert "labels x 0.333333" in dataset.source
     assert set(dataset.train.extras["domain"].tolist()) == {0, 1} and len(dataset.train) == 12
     assert dataset.train.dims() == {"text": 768, "audio": 33, "vision": 709}
-    wrong = config_from_dict({"data": {**data, "domain_audio_dims": [5, 6, 33]}}, source="t")
+    wrong = config_from_dict({"data": {**data, "domain_label_rescale": True, "domain_audio_dims": [5, 6, 33]}}, source="t")
     with pytest.raises(FSRFError, match=r"data.domain_audio_dims: config says 6 for domain 'mosei' but .* has 5") as err:
         load_dataset(wrong.data)
     assert "\n" not in str(err.value)
@@ -109,6 +120,8 @@ def test_leave_one_dataset_out_over_mmsa_files_uses_the_target_metrics(tmp_path)
     ({"dataset": "mosi", "domains": ["mosi", "mosei", "sims"], "target": "sims"},
      r"data.dataset: 'mosi' must be the target domain 'sims'"),
     ({"domains": [], "target": None}, r"data.domain_text_dims: \(32, 24, 28\) is read only with data.domains"),
+    ({"domains": [], "target": None, "domain_text_dims": [], "domain_audio_dims": [], "domain_vision_dims": [],
+      "domain_label_rescale": True}, r"data.domain_label_rescale: is read only with data.domains"),
 ])
 def test_bad_dg_configs_are_one_line_errors(change, message) -> None:
     with pytest.raises(FSRFError, match=message) as err:
