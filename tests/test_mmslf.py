@@ -70,6 +70,7 @@ def test_the_csv_joins_on_the_mmsa_ids_and_bad_files_are_one_line_errors(tmp_pat
         "header.csv": ("video,clip_id,prompt\nv,1,x\n", r"header.csv:1: header video,clip_id,prompt lacks column\(s\) video_id"),
         "dup.csv": ("video_id,clip_id,prompt\nv,1,a\nv,2,b\nv,1,c\n", r"dup.csv:4: duplicate id 'v\$_\$1' \(first on line 2\)"),
         "empty.csv": ("video_id,clip_id,prompt\n,1,a\n", r"empty.csv:2: empty video_id or clip_id"),
+        "blank.csv": ("video_id,clip_id,prompt\nv,1,a\nv,2,  \n", r"blank.csv:3: empty prompt for clip 'v\$_\$2'"),
     }
     for name, (text, message) in cases.items():
         if text is not None:
@@ -91,6 +92,16 @@ def test_a_clip_without_a_prompt_or_no_prompt_file_stops_the_cli_with_one_line(t
     assert main([*args, "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "reads side input(s) prompt" in err and "Generate_Prompt.py" in err
+    # a row for a clip of no split (a CSV written for other data) is refused, naming its line
+    full = tmp_path / "full.csv"
+    assert main(["prompts", *(a for a in args if a not in ("train", "--quiet")), "--out", str(full)]) == 0
+    lines = full.read_text().splitlines()
+    lines.append("nosuchvid" + lines[-1][lines[-1].index(","):])
+    full.write_text("\n".join(lines) + "\n")
+    capsys.readouterr()
+    assert main([*args, f"--set=data.prompts={full}", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"full.csv:{len(lines)}: unknown clip 'nosuchvid$_$" in err and "1 such row(s)" in err
 
 
 def test_synthetic_cues_carry_the_clean_score() -> None:

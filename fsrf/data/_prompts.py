@@ -63,9 +63,13 @@ def read_prompts(path: str | Path) -> dict[str, str]:
 
     Raises:
         FSRFError: a missing or unreadable file, a header without the :data:`COLUMNS`, an empty
-            id, a duplicate id (one line naming the file, the line and the key).
+            id, an empty prompt, a duplicate id (one line naming the file, the line and the key).
     """
-    path = Path(path)
+    return _read_prompts(Path(path))[0]
+
+
+def _read_prompts(path: Path) -> tuple[dict[str, str], dict[str, int]]:
+    """:func:`read_prompts`, and the CSV line of each id."""
     if not path.is_file():
         raise FSRFError(f"data.prompts: {path} does not exist; {HOW_TO}")
     try:
@@ -89,12 +93,14 @@ def read_prompts(path: str | Path) -> dict[str, str]:
             if prompt is None:
                 raise FSRFError(f"data.prompts: {path}:{line}: the row has no prompt field")
             key = f"{video}{ID_SEPARATOR}{clip}"
+            if not prompt.strip():
+                raise FSRFError(f"data.prompts: {path}:{line}: empty prompt for clip {key!r}")
             if key in prompts:
                 raise FSRFError(f"data.prompts: {path}:{line}: duplicate id {key!r} (first on line {lines[key]})")
             prompts[key], lines[key] = prompt, line
     except csv.Error as err:
         raise FSRFError(f"data.prompts: {path}:{reader.line_num}: not valid CSV ({err})") from None
-    return prompts
+    return prompts, lines
 
 
 def fold(ids: torch.Tensor, *, length: int, buckets: int) -> torch.Tensor:
@@ -163,7 +169,13 @@ def encode_split(split: Split, prompts: Mapping[str, str], *, source: str, name:
 def attach_prompts(dataset: MultimodalDataset, path: str | Path, *, text_model: str | None = None) -> MultimodalDataset:
     """``dataset`` with every split's encoded prompts in ``extras["prompt"]`` (see :func:`encode_split`):
     tokenized by ``text_model``'s tokenizer when given (``data.text_input: tokens``), else hashed."""
-    prompts = read_prompts(path)
+    prompts, lines = _read_prompts(Path(path))
+    if all(getattr(dataset, name) is not None for name in SPLITS):  # a row for no clip: a CSV of other data
+        known = {key for name in SPLITS for key in getattr(dataset, name).ids}
+        unknown = [key for key in prompts if key not in known]
+        if unknown:
+            raise FSRFError(f"data.prompts: {path}:{lines[unknown[0]]}: unknown clip {unknown[0]!r}, in no split of "
+                            f"the dataset ({len(unknown)} such row(s)); is the CSV written for other data?")
     tokenizer = None if text_model is None else load_tokenizer(text_model)
     splits = {}
     for name in SPLITS:
