@@ -240,6 +240,24 @@ def test_a_sigkilled_driver_resumes_to_exactly_num_samples_trials(tmp_path: Path
     assert len(pairs) == len(set(pairs)) >= before
 
 
+def test_the_pending_trials_limit_is_max_concurrent_while_a_search_runs(monkeypatch) -> None:
+    """A model-based sampler draws trial k + N only after trial k's results (N = --max-concurrent)."""
+    from ray.tune.execution.tune_controller import _get_max_pending_trials
+
+    from tuning._run import PENDING_TRIALS_ENV, pending_trials_limit
+
+    monkeypatch.delenv(PENDING_TRIALS_ENV, raising=False)
+    with pending_trials_limit(3):
+        assert _get_max_pending_trials(None) == 3  # what Tune's controller reads when the search starts
+    assert PENDING_TRIALS_ENV not in os.environ
+    with pending_trials_limit(None):  # a population: left to Tune (it must exist whole)
+        assert PENDING_TRIALS_ENV not in os.environ
+    monkeypatch.setenv(PENDING_TRIALS_ENV, "7")  # the user's own setting wins
+    with pending_trials_limit(3):
+        assert _get_max_pending_trials(None) == 7
+    assert os.environ[PENDING_TRIALS_ENV] == "7"
+
+
 def test_resume_errors(tmp_path: Path) -> None:
     from tuning.cli import main
 

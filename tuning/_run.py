@@ -8,10 +8,12 @@ callback in the driver appends every result and event to Arrow files.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -438,6 +440,31 @@ def _reconcile(options: SearchOptions, exp: Path) -> None:
                         f"{_resume_hint(options)}") from None
 
 
+PENDING_TRIALS_ENV = "TUNE_MAX_PENDING_TRIALS_PG"
+
+
+@contextlib.contextmanager
+def pending_trials_limit(limit: int | None) -> Iterator[None]:
+    """Tune's pending-trials limit pinned to ``limit`` (``--max-concurrent``) while a search runs.
+
+    With at most ``limit`` trials in existence (running or waiting for resources), the sampler
+    draws trial k + limit only after trial k's results were told to it: a model-based sampler
+    (TPE, GP) sees results before it samples again, instead of drawing a backlog from its prior.
+    Ray 2.60's ``auto`` gives the same when ``max_concurrent_trials`` wraps the searcher in a
+    ``ConcurrencyLimiter``; the pin keeps it if that rule changes (it was 1, or 200 for random
+    search, in other releases). A value the user set in the environment is kept; ``None`` (a
+    population, which must exist whole) leaves the environment as it is.
+    """
+    if limit is None or PENDING_TRIALS_ENV in os.environ:
+        yield
+        return
+    os.environ[PENDING_TRIALS_ENV] = str(limit)
+    try:
+        yield
+    finally:
+        os.environ.pop(PENDING_TRIALS_ENV, None)
+
+
 def run_search(options: SearchOptions) -> Path:
     """Run (or resume) a search; returns the experiment directory.
 
@@ -511,7 +538,8 @@ def run_search(options: SearchOptions) -> Path:
                       f"the driver was stopped before Tune saved any): starting it afresh in place, "
                       f"keeping {_store_rows(exp / STORE_DIR)} row(s) already in its store")
             tuner = _build_tuner(options, space, exp, trainable, perturbed)
-        tuner.fit()
+        with pending_trials_limit(None if perturbed else options.max_concurrent):
+            tuner.fit()
     finally:
         ray.shutdown()
     _store_fault(options, exp / STORE_DIR)
