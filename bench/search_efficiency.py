@@ -101,6 +101,28 @@ def best_curve(rows: list[dict], budget: int) -> list[float | None]:
     return [None if math.isinf(v) else round(v, 5) for v in curve]
 
 
+def trial_objectives(rows: list[dict]) -> dict[str, list[float | None]]:
+    """Each trial's validation objective per epoch (its rows in epoch order; None where not finite)."""
+    out: dict[str, list[float | None]] = {}
+    for row in sorted(rows, key=lambda r: (r["trial_id"], r["iteration"])):
+        v = row["objective"]
+        out.setdefault(row["trial_id"], []).append(None if v is None or math.isnan(v) else round(v, 5))
+    return out
+
+
+def rung_rank_correlation(trials: dict[str, list[float | None]], epochs: int) -> dict[str, float | None]:
+    """Spearman's rho, over trials that ran every epoch, between the objective after e epochs and
+    the trial's best over all: how well an early rung (what ASHA keeps or stops on) ranks trials."""
+    full = [t for t in trials.values() if len(t) >= epochs and all(v is not None for v in t[:epochs])]
+    if len(full) < 4:
+        return {}
+    def ranks(values: list[float]) -> list[float]:  # ties share their mean rank
+        return [sum((w < v) + 0.5 * (w == v) for w in values) for v in values]
+    final = ranks([min(t[:epochs]) for t in full])
+    return {str(e): round(statistics.correlation(ranks([t[e - 1] for t in full]), final), 3)
+            for e in range(1, epochs)}
+
+
 def chosen_in_budget(exp: Path, space_path: str, rows: list[dict], overrides: dict[str, Any]) -> Any:
     """The config of the trial with the best objective among the first ``budget`` rows."""
     valid = [r for r in rows if r["objective"] is not None and not math.isnan(r["objective"])]
@@ -139,6 +161,7 @@ def run_method(method: str, seed: int, args: argparse.Namespace, tmp: Path, spac
     else:
         config = chosen_in_budget(exp, opts.space, in_budget, overrides)
     return {"curve": best_curve(rows, budget), "trial_epochs_run": len(rows), "spent_budget": len(rows) >= budget,
+            "trials": trial_objectives(rows),
             "search_seconds": round(seconds, 1),
             "chosen": {"curriculum.kind": config.curriculum.kind, "curriculum.end": config.curriculum.end,
                        "missing.simulator": config.missing.simulator,
@@ -200,6 +223,12 @@ def _stats(values: list[float]) -> dict[str, float | None]:
             "n": len(values)}
 
 
+def _median_by_key(dicts: list[dict[str, float | None]]) -> dict[str, float]:
+    """Per key, the median of the values the dicts give for it (keys of none: left out)."""
+    keys = sorted({k for d in dicts for k in d}, key=int)
+    return {k: statistics.median(v) for k in keys if (v := [d[k] for d in dicts if d.get(k) is not None])}
+
+
 def reached_fraction(curve: list[float | None], target: float | None, budget: int) -> float | None:
     if target is None:
         return None
@@ -218,6 +247,9 @@ def summarise(per_method: dict[str, dict[str, Any]], seeds: list[int], budget: i
         out[method] = {
             "median_fraction_reaching_random_final": None if median is None or math.isinf(median) else median,
             "seeds_reaching": sum(f is not None for f in fractions), "seeds_run": len(fractions),
+            **({"rung_rank_correlation_median": _median_by_key(
+                [runs[str(s)].get("rung_rank_correlation", {}) for s in seeds if str(s) in runs])}
+               if method == BASELINE else {}),
             **{m: _stats([runs[str(s)]["test"][m] for s in seeds if "test" in runs.get(str(s), {})]) for m in TEST},
         }
     paired: dict[str, Any] = {}
@@ -368,6 +400,9 @@ def main(argv: list[str] | None = None) -> int:
             run = {k: v for k, v in searched[(method, seed)].items() if k != "config"}
             if "curve" in run:
                 run["fraction_reaching_random_final"] = reached_fraction(run["curve"], target, budget)
+                trials = run.pop("trials", None)  # recorded from session 20 on (older records lack it)
+                if trials is not None and method == BASELINE:  # FIFO: every trial runs every epoch, unselected
+                    run["rung_rank_correlation"] = rung_rank_correlation(trials, args.epochs)
                 got = [finals.get((method, seed, f)) for f in args.final_seeds]
                 run["final"] = {str(f): r for f, r in zip(args.final_seeds, got) if r is not None}
                 if all(r is not None and "error" not in r for r in got):
