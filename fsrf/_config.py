@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -158,6 +159,12 @@ class DataConfig:
                    f"{self.dataset!r} must be the target domain {self.target!r} (its metrics are reported)")
             _check(len(self.domain_paths) == n, "domain_paths",
                    f"{len(self.domain_paths)} paths, expected one MMSA pickle per domain ({n})")
+            files = [os.path.realpath(p) for p in self.domain_paths]
+            twice = next((j for j in range(n) if files[j] in files[:j]), None)
+            _check(twice is None, "domain_paths",
+                   "" if twice is None else f"{self.domain_paths[twice]} is the file of both "
+                   f"{self.domains[files.index(files[twice])]!r} and {self.domains[twice]!r}: one dataset would be "
+                   "on both sides of the split")
             ranges = sorted({LABEL_BOUNDS[d] for d in self.domains}, reverse=True)
             _check(len(ranges) == 1 or self.domain_label_rescale, "domains",
                    f"{list(self.domains)} mix label ranges ("
