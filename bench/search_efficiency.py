@@ -20,7 +20,10 @@ written to a temporary file). The budget is B = trials x epochs trial-epochs:
   the chosen config is the search's ``best.yaml`` (the winner's followed schedule as a
   ``replay`` curriculum);
 * ``gp_asha``: Optuna's GP with ASHA as ``tpe_asha``, over ``bench/spaces/recovery-numeric.yaml``
-  (the default space has conditional params, which GP cannot model; that space is narrower).
+  (the default space has conditional params, which GP cannot model; that space is narrower);
+* ``tpe_asha_g4`` (opt-in, not in the default ``--methods``): ``tpe_asha`` with ASHA's grace
+  period 4 (one rung, at epoch 4, keeping the best third): a diagnostic variant, since an early
+  epoch's objective ranks this task's trials poorly (``rung_rank_correlation`` below).
 
 Per method and search seed: the curve of the best validation objective (``valid/robust/MAE``,
 min) against trial-epochs spent; (a) the fraction of B at which the curve first reaches random
@@ -75,6 +78,8 @@ from tuning.store import read_trials
 CONFIG = ROOT / "configs" / "recovery.yaml"
 NUMERIC_SPACE = ROOT / "bench" / "spaces" / "recovery-numeric.yaml"
 METHODS = ("random_fifo", "tpe_asha", "pbt", "pb2", "gp_asha")
+VARIANTS = ("tpe_asha_g4",)
+"""Opt-in methods (``--methods``), run after the default ones."""
 BASELINE, REFERENCE = "random_fifo", "tpe_asha"
 TEST = ("rand_mae", "high_mae", "pat_mae")
 QUICK_SETS = ("data.synthetic_train=256", "data.synthetic_valid=96", "data.synthetic_test=128",
@@ -142,10 +147,10 @@ def run_method(method: str, seed: int, args: argparse.Namespace, tmp: Path, spac
     if method == "random_fifo":
         opts = base_options(tmp, f"{method}-{seed}", space=space, num_samples=args.trials, sampler="random",
                             scheduler="fifo", **common)
-    elif method in ("tpe_asha", "gp_asha"):
-        opts = base_options(tmp, f"{method}-{seed}", space=space if method == "tpe_asha" else str(NUMERIC_SPACE),
+    elif method in ("tpe_asha", "gp_asha", "tpe_asha_g4"):
+        opts = base_options(tmp, f"{method}-{seed}", space=str(NUMERIC_SPACE) if method == "gp_asha" else space,
                             num_samples=args.pool_factor * args.trials, sampler=method.split("_")[0], scheduler="asha",
-                            grace_period=1, reduction_factor=3, **common)
+                            grace_period=4 if method == "tpe_asha_g4" else 1, reduction_factor=3, **common)
     else:
         opts = base_options(tmp, f"{method}-{seed}", space=space, num_samples=args.trials, population=args.trials,
                             scheduler=method, perturbation_interval=args.perturbation_interval,
@@ -322,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=12, help="B / epochs: random's trials, the PBT/PB2 population")
     p.add_argument("--epochs", type=int, default=8, help="epochs per trial (and of the final training)")
     p.add_argument("--final-seeds", type=int, nargs="+", default=[1111, 1112, 1113], help="train.seed of the final runs")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {', '.join(METHODS)}")
+    p.add_argument("--methods", default=",".join(METHODS),
+                   help=f"comma-separated, of {', '.join(METHODS + VARIANTS)}")
     p.add_argument("--pool-factor", type=int, default=4, help="tpe/gp + ASHA: trials in the pool per random trial")
     p.add_argument("--perturbation-interval", type=int, default=2, help="pbt/pb2: epochs between perturbations")
     p.add_argument("--perturb", nargs="*", default=[], help="pbt/pb2: float params perturbed besides the rate")
@@ -338,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         args.perturbation_interval, args.pool_factor = 1, 3  # with 2 epochs ASHA stops few: 3 x overspends B
         args.set = [*QUICK_SETS, *args.set]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if any(m not in METHODS for m in methods) or BASELINE not in methods:
-        print(f"search_efficiency: error: --methods {args.methods!r}: names from {', '.join(METHODS)}, "
+    if any(m not in METHODS + VARIANTS for m in methods) or BASELINE not in methods:
+        print(f"search_efficiency: error: --methods {args.methods!r}: names from {', '.join(METHODS + VARIANTS)}, "
               f"with {BASELINE}", file=sys.stderr)
         return 2
     budget = args.trials * args.epochs
