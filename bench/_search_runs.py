@@ -8,7 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tuning._run import SearchOptions, run_search
+from tuning import SearchOptions, run_search
 from tuning.store import read_events, read_results
 
 ROOT = Path(__file__).resolve().parents[1]

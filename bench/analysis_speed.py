@@ -29,9 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import store as store_bench
 
-from analysis import load_experiment
+from analysis import leaderboard, load_experiment
 from analysis._importance import importance, study_from_tables
-from analysis._leaderboard import leaderboard
 from analysis._report import write_report
 
 

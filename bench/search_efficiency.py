@@ -68,10 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _search_runs import ROOT, SPACE, base_options, results_in_time_order, run_quietly
 from ablation import run_one
 
-from fsrf import FSRFError, config_from_dict, config_to_dict, load_config, with_overrides
-from fsrf._yaml import parse_overrides
-from tuning._store_write import STORE_DIR
-from tuning._summary import trial_config
+from fsrf import FSRFError, config_from_dict, config_to_dict, load_config, parse_overrides, with_overrides
+from tuning import STORE_DIR, trial_config
 from tuning.space import load_space
 from tuning.store import read_trials
 
