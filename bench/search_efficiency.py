@@ -62,6 +62,8 @@ from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+from scipy import stats
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -256,15 +258,24 @@ def summarise(per_method: dict[str, dict[str, Any]], seeds: list[int], budget: i
             **{m: _stats([runs[str(s)]["test"][m] for s in seeds if "test" in runs.get(str(s), {})]) for m in TEST},
         }
     paired: dict[str, Any] = {}
-    ref = per_method.get(REFERENCE, {})
-    for method, runs in per_method.items():
-        if method == REFERENCE:
-            continue
-        both = [s for s in seeds if "test" in runs.get(str(s), {}) and "test" in ref.get(str(s), {})]
-        paired[f"{method}-{REFERENCE}"] = {
-            m: {"per_seed": [runs[str(s)]["test"][m] - ref[str(s)]["test"][m] for s in both], "seeds": both,
-                **_stats([runs[str(s)]["test"][m] - ref[str(s)]["test"][m] for s in both])} for m in TEST}
+    for reference in (REFERENCE, BASELINE):  # every method against TPE + ASHA, then against random + FIFO
+        ref = per_method.get(reference, {})
+        for method, runs in per_method.items():
+            if method in (reference, REFERENCE) or f"{method}-{reference}" in paired:
+                continue
+            both = [s for s in seeds if "test" in runs.get(str(s), {}) and "test" in ref.get(str(s), {})]
+            paired[f"{method}-{reference}"] = {m: _paired([runs[str(s)]["test"][m] for s in both],
+                                                          [ref[str(s)]["test"][m] for s in both], both) for m in TEST}
     return {"summary": out, "paired": paired}
+
+
+def _paired(values: list[float], reference: list[float], seeds: list[int]) -> dict[str, Any]:
+    """Per-seed differences, their mean and SD, and a two-sided paired t-test's p (None under 2 seeds)."""
+    diffs = [v - r for v, r in zip(values, reference)]
+    p = None
+    if len(diffs) > 1 and any(d != diffs[0] for d in diffs):
+        p = float(stats.ttest_rel(values, reference).pvalue)
+    return {"per_seed": diffs, "seeds": seeds, **_stats(diffs), "p_paired_t": p}
 
 
 def targets(summary: dict[str, Any]) -> dict[str, Any]:
