@@ -33,7 +33,8 @@ as ``bench/ablation.py`` does: ``rand_mae`` (rates 0.0-0.9), ``high_mae`` (0.5-0
 (the six modality patterns), averaged over the final seeds. Across search seeds: the median
 fraction (a seed that never reached counts as infinite, so the median is null when half or more
 never reached), mean and SD of each test metric, and per-seed paired differences against
-``tpe_asha`` (method - tpe_asha; negative = the method is better). ``targets`` checks the
+``tpe_asha`` and against ``random_fifo`` (method - reference; negative = the method is better)
+with a two-sided paired t-test's p (``p_paired_t``). ``targets`` checks the
 issue's two targets. With ``--out``, a figure is written beside the JSON (``.png``): median
 best-so-far curves per method and a dot plot of test High MAE per method.
 
