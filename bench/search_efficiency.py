@@ -262,7 +262,7 @@ def summarise(per_method: dict[str, dict[str, Any]], seeds: list[int], budget: i
     for reference in (REFERENCE, BASELINE):  # every method against TPE + ASHA, then against random + FIFO
         ref = per_method.get(reference, {})
         for method, runs in per_method.items():
-            if method in (reference, REFERENCE) or f"{method}-{reference}" in paired:
+            if method in (reference, REFERENCE):  # TPE + ASHA - random is random - TPE + ASHA negated
                 continue
             both = [s for s in seeds if "test" in runs.get(str(s), {}) and "test" in ref.get(str(s), {})]
             paired[f"{method}-{reference}"] = {m: _paired([runs[str(s)]["test"][m] for s in both],
