@@ -283,16 +283,25 @@ def test_a_population_search_records_followed_schedules_and_best_yaml_replays_th
 
 @pytest.mark.slow
 def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_path: Path) -> None:
-    """SIGKILL the driver (and its Ray) once results are in, then ``--resume``: both trials end
-    with 6 epochs, every followed schedule is whole (6 rates), no (trial, epoch) result is stored
-    twice, and best.yaml replays the winner's schedule."""
+    """SIGKILL the driver (and its Ray) while the two trials stand at different epochs (one
+    waiting at a perturbation epoch for the other), then ``--resume``: the population perturbs
+    at the same epochs as an uninterrupted search (every followed rate changes only after epochs
+    2 and 4), both trials end complete with 6 epochs, no (trial, epoch) result is stored twice,
+    and best.yaml replays the winner's schedule.
+
+    Tune keeps no scheduler state across a restore: before ``tuning._pbt_schedulers`` gave
+    restored trials their PBT clock back, the resumed population perturbed at the first result
+    of each trial (epochs 3 and 5, comparing scores of different epochs), and from these
+    positions it either hung (both trials paused past the next synchronisation point) or handed
+    one trial the other's last-epoch checkpoint, which ended it pruned at epoch 4."""
     import psutil
 
     from tuning._pbt import followed_schedules
     from tuning.store import read_results, read_trials
 
     ray_tmp = tempfile.mkdtemp(prefix="fq", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    # Tune saves its experiment state at every step, so the trials restore where the store has them
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     exp = tmp_path / "pbt"
     args = [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2"]
     try:
@@ -301,14 +310,19 @@ def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_pat
              "--seed", "1", "--storage", str(tmp_path), "--name", "pbt", *TINY_SEARCH],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
         deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:  # past the first perturbation (epoch 2 of both trials)
+        while time.monotonic() < deadline:  # past the first perturbation, the trials at different epochs
             assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
             try:
-                if read_results(exp / "store").num_rows >= 5:
-                    break
-            except Exception:  # noqa: BLE001, S110 - the store does not exist yet
-                pass
-            time.sleep(0.5)
+                stored = read_results(exp / "store")
+            except Exception:  # noqa: BLE001 - the store does not exist yet
+                time.sleep(0.2)
+                continue
+            epochs: dict[str, int] = {}
+            for trial_id, it in zip(stored.column("trial_id").to_pylist(), stored.column("iteration").to_pylist()):
+                epochs[trial_id] = max(it, epochs.get(trial_id, 0))
+            if stored.num_rows >= 5 and len(set(epochs.values())) == 2 and max(epochs.values()) < 6:
+                break
+            time.sleep(0.2)
         else:
             raise AssertionError("the search produced too few results before the deadline")
         os.killpg(proc.pid, signal.SIGKILL)
@@ -333,5 +347,7 @@ def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_pat
     schedules = followed_schedules(exp / "store")
     assert set(schedules) == {t["trial_id"] for t in trials}
     assert all(len(s["rate"]) == 6 for s in schedules.values()), schedules
+    for s in schedules.values():  # perturbed after epochs 2 and 4 only, as without the kill
+        assert s["rate"][0] == s["rate"][1] and s["rate"][2] == s["rate"][3] and s["rate"][4] == s["rate"][5], schedules
     best = load_config(exp / "best.yaml")
     assert best.curriculum.kind == "replay" and best.train.epochs == 6

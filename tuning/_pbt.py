@@ -196,7 +196,8 @@ def build_scheduler(kind: str, params: Sequence[Param], *, metric: str, mode: st
     a perturbation epoch waits for the rest of the population, so every trial of the lower
     quantile (the worst quarter, at least one) exploits one of the upper quantile each interval,
     whatever the trials' speeds (asynchronously, a fast trial meets no scored peer and a small
-    population is never perturbed). Neither perturbs at a trial's last epoch (``tuning._pbt_schedulers``).
+    population is never perturbed). Neither perturbs at a trial's last epoch, and both stay
+    synchronous across ``--resume`` (``tuning._pbt_schedulers``).
     """
     import random
 

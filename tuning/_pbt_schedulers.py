@@ -1,50 +1,100 @@
-"""Ray Tune's PBT and PB2 that leave a trial's last epoch alone (imports Ray; see ``tuning._pbt``).
+"""Ray Tune's PBT and PB2, kept synchronous across a resume, that leave a trial's last epoch
+alone (imports Ray; see ``tuning._pbt``).
 
-Stock PBT perturbs a trial whenever ``perturbation_interval`` epochs have passed, also at its
-last epoch: the exploiting trial then restarts from the other's final checkpoint under a new
-config and trains nothing more, so its stored config names values it never trained with. Here
-a trial at its last epoch (a result whose ``final_epoch`` is 1.0) never exploits: the result
-just continues when no other trial is paused, and otherwise goes through PBT's synchronous
-bookkeeping (another trial may be waiting for this one at a perturbation epoch, and only that
-releases it) with the trial left out of the lower quantile. This overrides a private method of
-Ray's ``PopulationBasedTraining`` (``_checkpoint_or_exploit``); ``tests/test_pbt.py`` runs it.
+Two behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) are changed here:
+
+* **The last epoch.** Stock PBT perturbs a trial whenever ``perturbation_interval`` epochs have
+  passed, also at its last epoch, and lets any trial of the upper quantile be cloned: a trial
+  that exploits a checkpoint of a last epoch restarts under a new config and trains nothing
+  more, so it ends on its own earlier result (stored as pruned) and its stored config names
+  values it never trained with. Here a trial whose latest result is its last epoch (a result
+  whose ``final_epoch`` is 1.0) is in neither quantile: it never exploits and is never cloned.
+  Such a result just continues when no other trial is paused, and otherwise goes through PBT's
+  synchronous bookkeeping (another trial may be waiting for this one at a perturbation epoch,
+  and only that releases it).
+* **A resume.** Tune does not save a scheduler's state with the experiment: after
+  ``Tuner.restore`` every trial starts again from its latest checkpoint (the trials may stand at
+  different epochs: one waiting at a perturbation epoch, another still short of it) under a
+  fresh PBT clock that counts from epoch 0. Stock PBT then perturbs at the first result of each
+  trial, whatever its epoch, comparing scores of different epochs, and may hand a trial's
+  last-epoch checkpoint to a trial still short of it. Here a trial restored from a checkpoint
+  gets its clock back (its epoch, the perturbation epoch it last passed, the score of its
+  checkpoint's result), the population's next synchronisation point is the first perturbation
+  epoch past the least advanced trial, and the restored trials wait (paused) until the
+  scheduler picks them: only those short of that point run, and the population perturbs there
+  together, as an uninterrupted search would have. PB2's model then sees one point per restored
+  trial (its restored epoch and score) and the points after the resume; the points before the
+  driver died are not rebuilt.
+
+This overrides a method of Ray's that is not public API (``_checkpoint_or_exploit``) and relies
+on ``on_trial_add`` running before Tune files a trial by its status; ``tests/test_pbt.py`` runs both
+through real Tune searches, a killed-and-resumed one included.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 
 from fsrf.constants import FINAL_EPOCH
 
 
-class _LastEpochAlone:
+class _Synchronised:
     """The mixin of :class:`FinalEpochPBT` and :class:`FinalEpochPB2`."""
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        """Tune's hook: a trial restored from a checkpoint (``--resume``) gets its PBT clock back."""
+        super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
+        restored = trial.latest_checkpoint_result
+        metrics = dict(restored.metrics or {}) if restored is not None else {}
+        epoch = metrics.get(self._time_attr)  # type: ignore[attr-defined]
+        if trial.status != Trial.PENDING or not isinstance(epoch, (int, float)) or epoch < 1:
+            return
+        epoch = int(epoch)
+        interval = self._perturbation_interval  # type: ignore[attr-defined]
+        state = self._trial_state[trial]  # type: ignore[attr-defined]
+        if self._metric in metrics:  # type: ignore[attr-defined]
+            self._save_trial_state(state, epoch, metrics, trial)  # type: ignore[attr-defined]
+        state.last_train_time = epoch
+        state.last_perturbation_time = epoch - epoch % interval
+        live = [s.last_train_time for t, s in self._trial_state.items()  # type: ignore[attr-defined]
+                if not t.is_finished()]
+        self._next_perturbation_sync = max(  # type: ignore[attr-defined]
+            (min(live) // interval + 1) * interval, self._burn_in_period)  # type: ignore[attr-defined]
+        # Paused, a trial is started only by `choose_trial_to_run` (those short of the next
+        # synchronisation point); pending, Tune would start every restored trial at once.
+        trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Tune's hook: a last epoch with no trial paused continues (to its end); the rest is PBT's."""
         if result.get(FINAL_EPOCH) == 1.0 and not any(
-            t is not trial and t.status == "PAUSED" for t in tune_controller.get_trials()
+            t is not trial and t.status == Trial.PAUSED for t in tune_controller.get_trials()
         ):
             return TrialScheduler.CONTINUE
         return super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
 
     def _checkpoint_or_exploit(self, trial: Any, tune_controller: Any, upper_quantile: list,
                                lower_quantile: list) -> None:
-        last = self._trial_state[trial].last_result or {}  # type: ignore[attr-defined]
-        if last.get(FINAL_EPOCH) == 1.0:  # it ends here: nothing to exploit for
-            lower_quantile = [t for t in lower_quantile if t is not trial]
+        """PBT's step for ``trial`` with the trials at their last epoch out of both quantiles."""
+        states = self._trial_state  # type: ignore[attr-defined]
+
+        def going_on(t: Any) -> bool:
+            return (states[t].last_result or {}).get(FINAL_EPOCH) != 1.0
+
+        upper_quantile = [t for t in upper_quantile if going_on(t)]
+        lower_quantile = [t for t in lower_quantile if going_on(t)] if upper_quantile else []
         super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)  # type: ignore[misc]
 
 
-class FinalEpochPBT(_LastEpochAlone, PopulationBasedTraining):
-    """``PopulationBasedTraining`` that never perturbs a trial at its last epoch."""
+class FinalEpochPBT(_Synchronised, PopulationBasedTraining):
+    """``PopulationBasedTraining`` that stays synchronous across a resume and leaves last epochs alone."""
 
 
-class FinalEpochPB2(_LastEpochAlone, PB2):
-    """``PB2`` that never perturbs a trial at its last epoch."""
+class FinalEpochPB2(_Synchronised, PB2):
+    """``PB2`` that stays synchronous across a resume and leaves last epochs alone."""
 
 
 __all__ = ["FinalEpochPB2", "FinalEpochPBT"]
