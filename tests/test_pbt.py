@@ -112,6 +112,42 @@ def test_schedulers_are_pbt_and_pb2_stepping_in_epochs() -> None:
         assert set(scheduler._hyperparam_mutations) == {"curriculum.end", "optim.lr"}
 
 
+def test_a_seed_fixes_pbt_perturbations_without_touching_the_global_generators() -> None:
+    """PBT's explore (a resample through Tune's domain uses NumPy, the factor and the resample
+    coin use ``random``) draws from the scheduler's own generators: the same seed gives the same
+    perturbations, another seed others, and the driver's global generators are left as they were."""
+    import random
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from tuning._pbt import build_scheduler
+
+    space = load_space(SPACE)
+    params = check_population(space, scheduler="pbt", population=2, interval=2, perturb=("optim.lr",),
+                              multi_objective=False, checkpoint_every=1, epochs=8, sampler="tpe")
+    clone = SimpleNamespace(config={"curriculum.end": 0.5, "optim.lr": 1e-3})
+
+    def perturbations(seed: int) -> list[tuple[float, float]]:
+        scheduler = build_scheduler("pbt", params, metric="objective", mode="min", interval=2, seed=seed)
+        out = []
+        for _ in range(24):
+            config, _ops = scheduler._get_new_config(clone, clone)
+            out.append((config["curriculum.end"], config["optim.lr"]))
+        return out
+
+    random.seed(7)
+    np.random.seed(7)
+    outer = (random.random(), float(np.random.random_sample()))
+    random.seed(7)
+    np.random.seed(7)
+    first = perturbations(3)
+    assert (random.random(), float(np.random.random_sample())) == outer  # the globals untouched
+    assert perturbations(3) == first
+    assert perturbations(4) != first
+    assert len(set(first)) > 2  # multiplied by 0.8 / 1.2 and resampled: not one value
+
+
 def test_followed_schedule_columns_round_trip_to_a_replay_curriculum() -> None:
     lineage = [{"epoch": 1.0, TRAIN_RATE: 0.5, retuned_key("optim.lr"): 1e-3},
                {"epoch": 2.0, TRAIN_RATE: 0.5, retuned_key("optim.lr"): 1e-3},

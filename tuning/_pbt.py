@@ -196,20 +196,18 @@ def build_scheduler(kind: str, params: Sequence[Param], *, metric: str, mode: st
     a perturbation epoch waits for the rest of the population, so every trial of the lower
     quantile (the worst quarter, at least one) exploits one of the upper quantile each interval,
     whatever the trials' speeds (asynchronously, a fast trial meets no scored peer and a small
-    population is never perturbed). Neither perturbs at a trial's last epoch, and both stay
-    synchronous across ``--resume`` (``tuning._pbt_schedulers``).
+    population is never perturbed). Neither perturbs at a trial's last epoch, both stay
+    synchronous across ``--resume``, and both draw from their own generators seeded by ``seed``
+    (the driver's global ``random`` and NumPy generators are left alone; ``tuning._pbt_schedulers``).
     """
-    import random
-
     from ray import tune
 
     from tuning._pbt_schedulers import FinalEpochPBT
 
-    random.seed(seed)  # PBT draws its exploit partners and perturbations from `random`
     explore = KeepInSpace.of(params)
     common = {"time_attr": "training_iteration", "metric": metric, "mode": mode,
               "perturbation_interval": interval, "custom_explore_fn": explore, "log_config": True,
-              "synch": True}
+              "synch": True, "seed": seed}
     if kind == "pb2":
         from tuning._pbt_schedulers import FinalEpochPB2
 

@@ -1,7 +1,7 @@
 """Ray Tune's PBT and PB2, kept synchronous across a resume, that leave a trial's last epoch
 alone (imports Ray; see ``tuning._pbt``).
 
-Two behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) are changed here:
+Three behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) are changed here:
 
 * **The last epoch.** Stock PBT perturbs a trial whenever ``perturbation_interval`` epochs have
   passed, also at its last epoch, and lets any trial of the upper quantile be cloned: a trial
@@ -25,6 +25,13 @@ Two behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) ar
   together, as an uninterrupted search would have. PB2's model then sees one point per restored
   trial (its restored epoch and score) and the points after the resume; the points before the
   driver died are not rebuilt.
+* **Randomness.** Stock PBT draws its exploit partners and perturbations from Python's global
+  ``random``, resamples values through Tune's domains from NumPy's global generator, and PB2's GP
+  bandit starts its optimiser from NumPy's global generator too: seeding them would reseed the
+  whole driver, not seeding them leaves ``--seed`` short of the perturbations. Here the scheduler
+  owns both generators, seeded by ``--seed``, and swaps them in only while it draws (the driver's
+  global generators are left as they were), so a seed fixes the perturbations (given the same
+  order of results).
 
 This overrides a method of Ray's that is not public API (``_checkpoint_or_exploit``) and relies
 on ``on_trial_add`` running before Tune files a trial by its status; ``tests/test_pbt.py`` runs both
@@ -33,8 +40,10 @@ through real Tune searches, a killed-and-resumed one included.
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
@@ -42,8 +51,36 @@ from ray.tune.schedulers.pb2 import PB2
 from fsrf.constants import FINAL_EPOCH
 
 
+class _OwnRandom:
+    """Python's and NumPy's global generators swapped for a seeded pair while in use (re-entrant)."""
+
+    def __init__(self, seed: int) -> None:
+        self._states = (random.Random(seed).getstate(), np.random.RandomState(seed).get_state())
+        self._outer: tuple[Any, Any] | None = None
+        self._depth = 0
+
+    def __enter__(self) -> None:
+        if not self._depth:
+            self._outer = (random.getstate(), np.random.get_state())
+            random.setstate(self._states[0])
+            np.random.set_state(self._states[1])
+        self._depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if not self._depth and self._outer is not None:
+            self._states = (random.getstate(), np.random.get_state())
+            random.setstate(self._outer[0])
+            np.random.set_state(self._outer[1])
+            self._outer = None
+
+
 class _Synchronised:
     """The mixin of :class:`FinalEpochPBT` and :class:`FinalEpochPB2`."""
+
+    def __init__(self, *, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._random = _OwnRandom(seed)
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         """Tune's hook: a trial restored from a checkpoint (``--resume``) gets its PBT clock back."""
@@ -86,7 +123,13 @@ class _Synchronised:
 
         upper_quantile = [t for t in upper_quantile if going_on(t)]
         lower_quantile = [t for t in lower_quantile if going_on(t)] if upper_quantile else []
-        super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)  # type: ignore[misc]
+        with self._random:  # the partner to clone is drawn here, the new config in `_get_new_config`
+            super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)  # type: ignore[misc]
+
+    def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
+        """PBT's explore (or PB2's GP bandit) drawing from the scheduler's own generators."""
+        with self._random:
+            return super()._get_new_config(trial, trial_to_clone)  # type: ignore[misc]
 
 
 class FinalEpochPBT(_Synchronised, PopulationBasedTraining):
