@@ -317,6 +317,37 @@ def test_a_population_search_records_followed_schedules_and_best_yaml_replays_th
     assert "1-pbt-schedules.png" in index.read_text()
 
 
+def _restored_config_mismatches(exp: Path) -> list[tuple[str, str, float, object]]:
+    """``(trial, key, config value, checkpoint value)`` where a trial of Tune's newest experiment
+    snapshot would restart from a checkpoint trained under another config (the perturbed
+    ``curriculum.*`` fields excepted: an exploit restores another trial's checkpoint under them)."""
+    from ray.tune import register_trainable
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    from fsrf import load_checkpoint
+
+    register_trainable("fsrf_trainable", lambda config: None)  # Trial() checks the name is known
+    newest = max(exp.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    out = []
+    for trial_json, run_json in _loads_with_cloudpickle(newest.read_text())["trial_data"]:
+        trial = Trial.from_json_state(trial_json)
+        trial.restore_run_metadata(run_json)
+        restored = trial.latest_checkpoint_result
+        if restored is None:
+            continue
+        stored = load_checkpoint(Path(restored.checkpoint.path) / "last.pt")["config"]
+        for key, value in trial.config.items():
+            if ":" in key or key.startswith("curriculum.") or isinstance(value, bool) or not isinstance(value, float):
+                continue
+            section, name = key.split(".", 1)
+            want = 0.0 if trial.config.get(f"{key}:off") else value
+            got = stored.get(section, {}).get(name)
+            if not isinstance(got, (int, float)) or abs(float(got) - want) > 1e-12:
+                out.append((trial.trial_id, key, want, got))
+    return out
+
+
 @pytest.mark.slow
 def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_path: Path) -> None:
     """SIGKILL the driver (and its Ray) while the two trials stand at different epochs (one
@@ -329,7 +360,11 @@ def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_pat
     restored trials their PBT clock back, the resumed population perturbed at the first result
     of each trial (epochs 3 and 5, comparing scores of different epochs), and from these
     positions it either hung (both trials paused past the next synchronisation point) or handed
-    one trial the other's last-epoch checkpoint, which ended it pruned at epoch 4."""
+    one trial the other's last-epoch checkpoint, which ended it pruned at epoch 4. And Tune's
+    snapshot taken after an exploit, before the exploited trial's next result, paired its new
+    config with its own old checkpoint (Tune caches the trial's checkpoint bookkeeping as JSON),
+    so the resumed trial failed on a checkpoint of another config; the snapshot is checked right
+    after the kill."""
     import psutil
 
     from tuning._pbt import followed_schedules
@@ -370,6 +405,7 @@ def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_pat
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
         before = read_results(exp / "store").num_rows
+        assert not _restored_config_mismatches(exp)  # Tune would restore each trial with its own checkpoint
         resumed = subprocess.run([*args, "--name", "pbt", "--storage", str(tmp_path), "--resume"], cwd=ROOT, env=env,
                                  capture_output=True, text=True, timeout=540, check=False)
     finally:

@@ -1,7 +1,7 @@
 """Ray Tune's PBT and PB2, kept synchronous across a resume, that leave a trial's last epoch
 alone (imports Ray; see ``tuning._pbt``).
 
-Three behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) are changed here:
+Four behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) are changed here:
 
 * **The last epoch.** Stock PBT perturbs a trial whenever ``perturbation_interval`` epochs have
   passed, also at its last epoch, and lets any trial of the upper quantile be cloned: a trial
@@ -24,7 +24,14 @@ Three behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) 
   scheduler picks them: only those short of that point run, and the population perturbs there
   together, as an uninterrupted search would have. PB2's model then sees one point per restored
   trial (its restored epoch and score) and the points after the resume; the points before the
-  driver died are not rebuilt.
+  driver died are not rebuilt. A trial Tune retries after a failure gets its clock back too
+  (stock PBT restarts it at epoch 0 as well), without waiting: it was running.
+* **The snapshot after an exploit.** An exploit hands the trial another's checkpoint by editing
+  the trial's checkpoint bookkeeping, which Tune serialises through a cache that only the trial's
+  next result clears; a snapshot of the experiment in between (the trial restarted, no result
+  yet) recorded the perturbed config with the trial's own pre-exploit checkpoint, and a resume
+  from it restarted the trial from a checkpoint of another config (which ``fsrf.train`` refuses,
+  failing the trial). Here the cache is cleared at the exploit.
 * **Randomness.** Stock PBT draws its exploit partners and perturbations from Python's global
   ``random``, resamples values through Tune's domains from NumPy's global generator, and PB2's GP
   bandit starts its optimiser from NumPy's global generator too: seeding them would reseed the
@@ -33,9 +40,11 @@ Three behaviours of Ray's synchronous ``PopulationBasedTraining`` (and ``PB2``) 
   global generators are left as they were), so a seed fixes the perturbations (given the same
   order of results).
 
-This overrides a method of Ray's that is not public API (``_checkpoint_or_exploit``) and relies
-on ``on_trial_add`` running before Tune files a trial by its status; ``tests/test_pbt.py`` runs both
-through real Tune searches, a killed-and-resumed one included.
+This overrides methods of Ray's that are not public API (``_checkpoint_or_exploit``,
+``_get_new_config``), edits Tune's trial bookkeeping (``run_metadata.invalidate_cache``, a trial's
+status in ``on_trial_add``, which Tune calls before it files a new or restored trial by status,
+and after it has filed a retried one), and reads the PBT state Ray keeps per trial;
+``tests/test_pbt.py`` runs all of it through real Tune searches, a killed-and-resumed one included.
 """
 
 from __future__ import annotations
@@ -81,9 +90,18 @@ class _Synchronised:
     def __init__(self, *, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._random = _OwnRandom(seed)
+        self._retried: set[str] = set()
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        """Tune's hook: a failed trial; Tune adds it again (``on_trial_add``) when it retries it."""
+        self._retried.add(trial.trial_id)
+        super().on_trial_error(tune_controller, trial)  # type: ignore[misc]
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
-        """Tune's hook: a trial restored from a checkpoint (``--resume``) gets its PBT clock back."""
+        """Tune's hook: a trial restarted from a checkpoint (``--resume``, or Tune retrying a failed
+        trial) gets its PBT clock back; a restored one waits, paused, until the scheduler picks it."""
+        retried = trial.trial_id in self._retried
+        self._retried.discard(trial.trial_id)
         super().on_trial_add(tune_controller, trial)  # type: ignore[misc]
         restored = trial.latest_checkpoint_result
         metrics = dict(restored.metrics or {}) if restored is not None else {}
@@ -101,9 +119,11 @@ class _Synchronised:
                 if not t.is_finished()]
         self._next_perturbation_sync = max(  # type: ignore[attr-defined]
             (min(live) // interval + 1) * interval, self._burn_in_period)  # type: ignore[attr-defined]
-        # Paused, a trial is started only by `choose_trial_to_run` (those short of the next
-        # synchronisation point); pending, Tune would start every restored trial at once.
-        trial.set_status(Trial.PAUSED)
+        if not retried:
+            # Paused, a trial is started only by `choose_trial_to_run` (those short of the next
+            # synchronisation point); pending, Tune would start every restored trial at once. A
+            # retried trial is already filed as pending (it was running: short of that point).
+            trial.set_status(Trial.PAUSED)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         """Tune's hook: a last epoch with no trial paused continues (to its end); the rest is PBT's."""
@@ -125,6 +145,10 @@ class _Synchronised:
         lower_quantile = [t for t in lower_quantile if going_on(t)] if upper_quantile else []
         with self._random:  # the partner to clone is drawn here, the new config in `_get_new_config`
             super()._checkpoint_or_exploit(trial, tune_controller, upper_quantile, lower_quantile)  # type: ignore[misc]
+        # An exploit swaps the trial's checkpoint inside its run metadata, whose JSON Tune caches
+        # until the trial's next result: an experiment snapshot taken in between would pair the
+        # new config with the trial's own old checkpoint, and a resume would restore that pair.
+        trial.run_metadata.invalidate_cache()
 
     def _get_new_config(self, trial: Any, trial_to_clone: Any) -> tuple[dict, dict]:
         """PBT's explore (or PB2's GP bandit) drawing from the scheduler's own generators."""
