@@ -423,3 +423,62 @@ def test_a_pbt_search_killed_mid_run_resumes_to_whole_followed_schedules(tmp_pat
         assert s["rate"][0] == s["rate"][1] and s["rate"][2] == s["rate"][3] and s["rate"][4] == s["rate"][5], schedules
     best = load_config(exp / "best.yaml")
     assert best.curriculum.kind == "replay" and best.train.epochs == 6
+
+
+@pytest.mark.slow
+def test_a_population_trial_whose_worker_dies_is_retried_and_the_population_stays_synchronous(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the Ray worker of one trial after the first perturbation: Tune retries that trial
+    from its checkpoint (the scheduler gives it its PBT clock back without setting it paused,
+    which would trip Tune's bookkeeping of a trial it has already queued), both trials end
+    complete with 6 epochs, and every followed rate changes only after epochs 2 and 4."""
+    import psutil
+
+    from tuning._pbt import followed_schedules
+    from tuning.store import read_results, read_trials
+
+    ray_tmp = tempfile.mkdtemp(prefix="fw", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONUNBUFFERED": "1"}
+    exp = tmp_path / "pbt"
+    log = (tmp_path / "search.log").open("w")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tune.py"), "--num-cpus", "2", "--scheduler", "pbt", "--population", "2",
+             "--perturbation-interval", "2", "--max-epochs", "6", "--seed", "1", "--storage", str(tmp_path),
+             "--name", "pbt", *TINY_SEARCH],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        killed = None
+        deadline = time.monotonic() + 300
+        while killed is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                done = read_results(exp / "store").num_rows >= 5  # past the perturbation at epoch 2
+            except Exception:  # noqa: BLE001 - the store does not exist yet
+                done = False
+            if done:
+                for child in psutil.Process(proc.pid).children(recursive=True):
+                    try:
+                        title = " ".join(child.cmdline())
+                    except (psutil.NoSuchProcess, psutil.AccessDenied):
+                        continue
+                    if title.startswith("ray::ImplicitFunc.train"):  # the actor of a training trial
+                        child.kill()
+                        killed = title
+                        break
+            time.sleep(0.2)
+        proc.wait(timeout=540)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = (tmp_path / "search.log").read_text(errors="replace")
+    assert killed, "no trial worker was found to kill"
+    assert proc.returncode == 0, out[-3000:]
+    trials = read_trials(exp / "store").to_pylist()
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"COMPLETE"}, trials
+    assert max(t["attempts"] for t in trials) >= 2  # the killed trial started again
+    schedules = followed_schedules(exp / "store")
+    assert all(len(s["rate"]) == 6 for s in schedules.values()), schedules
+    for s in schedules.values():
+        assert s["rate"][0] == s["rate"][1] and s["rate"][2] == s["rate"][3] and s["rate"][4] == s["rate"][5], schedules
